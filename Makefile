@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make dev` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install dev test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[local]'
+	# bqemulator loads DuckDB's spatial extension at start; install it from the pinned wheel (offline).
+	$(BIN)/python -c "from duckdb_extensions import import_extension; import_extension('spatial')"
+	touch $(STAMP)
+
+dev: install
+	$(BIN)/alert-platform dev
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[local,bench]'
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .alert-platform .pytest_cache

@@ -1,0 +1,1 @@
+"""BigQuery source for scheduled events."""

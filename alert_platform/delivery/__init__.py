@@ -1,0 +1,1 @@
+"""Exactly-once Slack delivery: the ledger and the deliverer."""

@@ -1,0 +1,1 @@
+"""Kafka I/O: clients, exact offset ranges, batch producing, admin."""

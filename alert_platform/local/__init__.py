@@ -1,0 +1,1 @@
+"""The embedded local stack: Kafka (Tansu), BigQuery emulator, Slack sandbox, demo seed."""

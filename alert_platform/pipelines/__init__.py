@@ -1,0 +1,1 @@
+"""Declarative enrichment pipelines and the batch engine that runs them."""

@@ -1,0 +1,146 @@
+"""One typed settings object, read from the environment, shared by the core and Dagster.
+
+Every ``KAFKA_*`` variable passes through to librdkafka (``KAFKA_SASL_USERNAME`` becomes
+``sasl.username``), so the same code reaches a laptop broker or Confluent Cloud.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlparse
+
+LOCAL_SLACK_TOKEN = "xoxb-local-sandbox"
+
+# librdkafka settings that make the local Tansu broker behave (see docs/local-broker.md).
+# Applied only with ALERT_PLATFORM_KAFKA_PROFILE=local (the default).
+LOCAL_KAFKA_PROFILE: Mapping[str, str] = {
+    "fetch.wait.max.ms": "10",
+    "session.timeout.ms": "6000",
+    "heartbeat.interval.ms": "1000",
+}
+
+_KAFKA_PREFIX = "KAFKA_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable to fix."""
+
+
+def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name[len(_KAFKA_PREFIX) :].lower().replace("_", "."): value
+        for name, value in env.items()
+        if name.startswith(_KAFKA_PREFIX) and value != ""
+    }
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where every service lives and how the platform behaves. Build with ``from_env``."""
+
+    data_dir: Path = Path(".alert-platform")
+    kafka: Mapping[str, str] = field(
+        default_factory=lambda: {"bootstrap.servers": "127.0.0.1:9092"}
+    )
+    kafka_profile: str = "local"
+    slack_api_url: str = "http://127.0.0.1:8025/api/"
+    slack_bot_token: str = field(default=LOCAL_SLACK_TOKEN, repr=False)
+    slack_fallback_channel: str = "#alerts-unrouted"
+    slack_ops_channel: str = "#alerts-ops"
+    bigquery_api_endpoint: str = "http://127.0.0.1:9050"
+    bigquery_project: str = "local-dev"
+    bigquery_dataset: str = "warehouse"
+    ledger_url: str = ""
+    dedup_window_hours: int = 24
+    connector_console_url_template: str = ""
+    dagster_port: int = 3000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default: ``os.environ``); unset means the local default."""
+        env = os.environ if env is None else env
+        base = cls()
+        kafka = {**base.kafka, **_kafka_passthrough(env)}
+        profile = env.get("ALERT_PLATFORM_KAFKA_PROFILE", "local")
+        if profile not in ("local", "default"):
+            raise ConfigError(
+                f"ALERT_PLATFORM_KAFKA_PROFILE must be 'local' or 'default', got {profile!r}"
+            )
+        return cls(
+            data_dir=Path(env.get("ALERT_PLATFORM_DATA_DIR") or base.data_dir),
+            kafka=kafka,
+            kafka_profile=profile,
+            slack_api_url=env.get("SLACK_API_URL") or base.slack_api_url,
+            slack_bot_token=env.get("SLACK_BOT_TOKEN") or base.slack_bot_token,
+            slack_fallback_channel=env.get("ALERT_FALLBACK_CHANNEL")
+            or base.slack_fallback_channel,
+            slack_ops_channel=env.get("ALERT_OPS_CHANNEL") or base.slack_ops_channel,
+            bigquery_api_endpoint=env.get("BIGQUERY_API_ENDPOINT", base.bigquery_api_endpoint),
+            bigquery_project=env.get("BIGQUERY_PROJECT") or base.bigquery_project,
+            bigquery_dataset=env.get("BIGQUERY_DATASET") or base.bigquery_dataset,
+            ledger_url=env.get("ALERT_LEDGER_URL", ""),
+            dedup_window_hours=_int(env, "ALERT_DEDUP_WINDOW_HOURS", base.dedup_window_hours),
+            connector_console_url_template=env.get("CONNECTOR_CONSOLE_URL_TEMPLATE", ""),
+            dagster_port=_int(env, "DAGSTER_PORT", base.dagster_port),
+        )
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some fields replaced (tests and the local stack use this)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka["bootstrap.servers"]
+
+    def kafka_client_config(self, **extra: str | int | bool) -> dict[str, str | int | bool]:
+        """librdkafka settings for any client: passthrough, then the profile, then ``extra``."""
+        config: dict[str, str | int | bool] = dict(self.kafka)
+        if self.kafka_profile == "local":
+            config.update(LOCAL_KAFKA_PROFILE)
+        config.update(extra)
+        return config
+
+    @property
+    def effective_ledger_url(self) -> str:
+        """SQLAlchemy URL of the delivery ledger: ALERT_LEDGER_URL, else SQLite in the data dir."""
+        if self.ledger_url:
+            return self.ledger_url
+        return f"sqlite:///{(self.data_dir / 'ledger.sqlite3').resolve()}"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        """Where lookup-table snapshots live."""
+        return self.data_dir / "tables"
+
+    @property
+    def slack_sandbox_port(self) -> int:
+        return _port_of(self.slack_api_url, "SLACK_API_URL")
+
+    @property
+    def kafka_port(self) -> int:
+        first = self.bootstrap_servers.split(",")[0]
+        return _port_of(f"tcp://{first}", "KAFKA_BOOTSTRAP_SERVERS")
+
+    @property
+    def bigquery_port(self) -> int:
+        return _port_of(self.bigquery_api_endpoint, "BIGQUERY_API_ENDPOINT")
+
+
+def _port_of(url: str, variable: str) -> int:
+    parsed = urlparse(url)
+    if parsed.port is None:
+        raise ConfigError(f"{variable} must include a port, got {url!r}")
+    return parsed.port

@@ -1,0 +1,1 @@
+"""Slack rendering: mrkdwn escaping, Block Kit, the Web API client."""

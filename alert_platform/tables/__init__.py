@@ -1,0 +1,1 @@
+"""Lookup tables: columnar rows keyed for joins, snapshots, catch-up from compacted topics."""
