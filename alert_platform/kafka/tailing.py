@@ -1,0 +1,178 @@
+"""Plan runs over exact offset ranges for a tailed topic: the brain of every tail sensor.
+
+Pure functions over a JSON-serialisable cursor, so the planning is testable without Dagster or
+Kafka. The cursor holds the next offset to hand out per partition and the ranges already handed
+out whose runs have not succeeded yet; a failed run's range is handed out again (with back-off)
+under a new run key until it succeeds, so no range is ever stranded by a failure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from alert_platform.kafka.offsets import OffsetRange
+
+RETRY_BACKOFF_BASE_S = 15.0
+RETRY_BACKOFF_MAX_S = 300.0
+# A run key the instance does not know after this long was never launched: hand it out again.
+MISSING_RUN_GRACE_S = 120.0
+
+
+class RunState(Enum):
+    """What the orchestrator says about a run launched for a range."""
+
+    IN_PROGRESS = "in_progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class PendingRange:
+    """A range handed out to a run that has not succeeded yet."""
+
+    range: OffsetRange
+    run_key: str
+    attempt: int
+    requested_at: float
+    not_before: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "range": self.range.as_dict(),
+            "run_key": self.run_key,
+            "attempt": self.attempt,
+            "requested_at": self.requested_at,
+            "not_before": self.not_before,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, object]) -> PendingRange:
+        return cls(
+            range=OffsetRange.from_dict(raw["range"]),  # type: ignore[arg-type]
+            run_key=str(raw["run_key"]),
+            attempt=int(raw["attempt"]),  # type: ignore[call-overload]
+            requested_at=float(raw["requested_at"]),  # type: ignore[arg-type]
+            not_before=float(raw.get("not_before", 0.0)),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class TailCursor:
+    """Next offset per partition plus the ranges whose runs are not known to have succeeded."""
+
+    next_offsets: Mapping[int, int] = field(default_factory=dict)
+    pending: tuple[PendingRange, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "next": {str(p): o for p, o in sorted(self.next_offsets.items())},
+                "pending": [p.to_dict() for p in self.pending],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> TailCursor:
+        if not raw:
+            return cls()
+        data = json.loads(raw)
+        return cls(
+            next_offsets={int(p): int(o) for p, o in data.get("next", {}).items()},
+            pending=tuple(PendingRange.from_dict(p) for p in data.get("pending", [])),
+        )
+
+
+@dataclass(frozen=True)
+class RangeRequest:
+    """One run to launch: the range it must read and its idempotent run key."""
+
+    range: OffsetRange
+    run_key: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class TickPlan:
+    """What one sensor tick should launch, the cursor to store, and anything worth logging."""
+
+    requests: tuple[RangeRequest, ...]
+    cursor: TailCursor
+    notes: tuple[str, ...] = ()
+
+
+def run_key_for(rng: OffsetRange, attempt: int = 0) -> str:
+    """``topic:partition:start-end``, suffixed ``#retryN`` for the N-th re-launch."""
+    base = f"{rng.topic}:{rng.partition}:{rng.start}-{rng.end}"
+    return base if attempt == 0 else f"{base}#retry{attempt}"
+
+
+def _backoff(attempt: int) -> float:
+    return min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * (2 ** max(0, attempt - 1)))
+
+
+def plan_tick(
+    cursor: TailCursor,
+    topic: str,
+    *,
+    ends: Mapping[int, int],
+    lows: Mapping[int, int],
+    run_states: Mapping[str, RunState],
+    now: float,
+    max_records_per_run: int,
+    max_runs_per_tick: int,
+    start_at_latest: bool = False,
+) -> TickPlan:
+    """Decide the runs of one tick.
+
+    ``ends`` are the true end offsets per partition (probed, not the raw high watermark),
+    ``lows`` the low watermarks, ``run_states`` the state of every pending run key.
+    """
+    notes: list[str] = []
+    requests: list[RangeRequest] = []
+    still_pending: list[PendingRange] = []
+
+    for pending in cursor.pending:
+        state = run_states.get(pending.run_key, RunState.MISSING)
+        if state is RunState.SUCCEEDED:
+            continue
+        stuck = state is RunState.MISSING and now - pending.requested_at > MISSING_RUN_GRACE_S
+        retry_due = now >= pending.not_before and len(requests) < max_runs_per_tick
+        if (state is RunState.FAILED or stuck) and retry_due:
+            # The next retry, should this one fail too, waits out an exponential back-off.
+            attempt = pending.attempt + 1
+            key = run_key_for(pending.range, attempt)
+            requests.append(RangeRequest(pending.range, key, attempt))
+            still_pending.append(
+                PendingRange(pending.range, key, attempt, now, now + _backoff(attempt))
+            )
+            notes.append(f"re-launching {pending.run_key} as {key} (run {state.value})")
+            continue
+        still_pending.append(pending)
+
+    next_offsets = dict(cursor.next_offsets)
+    for partition in sorted(ends):
+        end = ends[partition]
+        low = lows.get(partition, 0)
+        if partition not in next_offsets:
+            next_offsets[partition] = end if start_at_latest else low
+        start = next_offsets[partition]
+        if start < low:
+            notes.append(
+                f"{topic}[{partition}]: offsets {start}..{low - 1} were deleted by retention "
+                f"before they were read; resuming at {low}"
+            )
+            start = low
+        while start < end and len(requests) < max_runs_per_tick:
+            rng = OffsetRange(topic, partition, start, min(end, start + max_records_per_run))
+            key = run_key_for(rng)
+            requests.append(RangeRequest(rng, key, 0))
+            still_pending.append(PendingRange(rng, key, 0, now))
+            start = rng.end
+        next_offsets[partition] = start
+
+    return TickPlan(tuple(requests), TailCursor(next_offsets, tuple(still_pending)), tuple(notes))

@@ -1,0 +1,144 @@
+"""`alert-platform dev`: the whole platform on the embedded local stack, stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from alert_platform.settings import Settings
+
+# Sensor -> run latency: dequeue every second with threads (see docs/local-broker.md), and runs
+# of the same source partition never overlap (one run per unique `alert-platform/source` tag).
+_INSTANCE_YAML = """\
+# Written by `alert-platform dev`; edit the template in alert_platform/local/dev.py instead.
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+    dequeue_use_threads: true
+    dequeue_num_workers: 4
+concurrency:
+  runs:
+    max_concurrent_runs: 8
+    tag_concurrency_limits:
+      - key: "alert-platform/source"
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+sensors:
+  use_threads: true
+  num_workers: 4
+schedules:
+  use_threads: true
+  num_workers: 2
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+_POSTGRES_STORAGE = """\
+storage:
+  postgres:
+    postgres_url: "{url}"
+"""
+
+DAGSTER_POSTGRES_URL_ENV = "ALERT_PLATFORM_DAGSTER_POSTGRES_URL"
+
+
+def dagster_instance_yaml(postgres_url: str | None = None) -> str:
+    """The instance config `dev` uses: SQLite storage in DAGSTER_HOME unless a Postgres URL."""
+    text = _INSTANCE_YAML
+    if postgres_url:
+        text += _POSTGRES_STORAGE.format(url=postgres_url)
+    return text
+
+
+def prepare_dagster_home(data_dir: Path, postgres_url: str | None = None) -> Path:
+    """Create ``data_dir/dagster`` with its ``dagster.yaml`` and return it."""
+    home = (data_dir / "dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(dagster_instance_yaml(postgres_url))
+    return home
+
+
+def platform_environment(settings: Settings, dagster_home: Path) -> dict[str, str]:
+    """Environment for Dagster processes, so that runs see the same settings as this process."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "DAGSTER_HOME": str(dagster_home),
+            "ALERT_PLATFORM_DATA_DIR": str(settings.data_dir.resolve()),
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "SLACK_API_URL": settings.slack_api_url,
+            "SLACK_BOT_TOKEN": settings.slack_bot_token,
+            "BIGQUERY_API_ENDPOINT": settings.bigquery_api_endpoint,
+            "BIGQUERY_PROJECT": settings.bigquery_project,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def wait_for_http(url: str, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``process`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"dagster dev exited with code {process.returncode} before {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"Dagster UI did not answer at {url} within {timeout_s:.0f}s")
+
+
+def start_dagster(
+    settings: Settings, dagster_home: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start `dagster dev` (webserver + daemon) for the platform's definitions."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-m",
+        "alert_platform.definitions",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(settings.dagster_port),
+    ]
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        command,
+        env=platform_environment(settings, dagster_home),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_dagster(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Ask `dagster dev` to shut down (SIGINT, as Ctrl-C would), then force its group."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,10 @@
+"""Local Slack Web API sandbox: a stdlib HTTP server that ``slack_sdk.WebClient`` can talk to.
+
+Run it with ``python -m alert_platform.local.sandbox --port 8025 --token xoxb-...``, or in a
+thread with ``SandboxServer(...).start()``; drive it with ``SandboxControl``.
+"""
+
+from alert_platform.local.sandbox.control import SandboxControl, SandboxControlError
+from alert_platform.local.sandbox.server import SandboxServer, serve
+
+__all__ = ["SandboxControl", "SandboxControlError", "SandboxServer", "serve"]

@@ -1,0 +1,122 @@
+"""The tail planner hands out every offset exactly once and re-launches failed ranges."""
+
+from __future__ import annotations
+
+from alert_platform.kafka.tailing import (
+    MISSING_RUN_GRACE_S,
+    RunState,
+    TailCursor,
+    plan_tick,
+    run_key_for,
+)
+
+TOPIC = "events"
+
+
+def tick(cursor: TailCursor, ends, *, states=None, now=1000.0, lows=None, **kwargs):
+    options = {"max_records_per_run": 100, "max_runs_per_tick": 10, **kwargs}
+    return plan_tick(
+        cursor,
+        TOPIC,
+        ends=ends,
+        lows=lows or {},
+        run_states=states or {},
+        now=now,
+        **options,
+    )
+
+
+def test_first_tick_starts_at_low_watermark_and_splits_by_size() -> None:
+    plan = tick(TailCursor(), {0: 250, 1: 0}, lows={0: 10})
+    assert [(r.range.start, r.range.end) for r in plan.requests] == [
+        (10, 110),
+        (110, 210),
+        (210, 250),
+    ]
+    assert plan.cursor.next_offsets == {0: 250, 1: 0}
+    assert [p.run_key for p in plan.cursor.pending] == [r.run_key for r in plan.requests]
+
+
+def test_start_at_latest_skips_history() -> None:
+    plan = tick(TailCursor(), {0: 250}, start_at_latest=True)
+    assert plan.requests == ()
+    assert plan.cursor.next_offsets == {0: 250}
+
+
+def test_no_new_data_requests_nothing_and_keeps_cursor() -> None:
+    first = tick(TailCursor(), {0: 5})
+    done = {r.run_key: RunState.SUCCEEDED for r in first.requests}
+    second = tick(first.cursor, {0: 5}, states=done)
+    assert second.requests == ()
+    assert second.cursor.next_offsets == {0: 5}
+    assert second.cursor.pending == ()
+
+
+def test_runs_per_tick_are_bounded_and_the_rest_follows_next_tick() -> None:
+    plan = tick(TailCursor(), {0: 1000}, max_runs_per_tick=3)
+    assert len(plan.requests) == 3
+    assert plan.cursor.next_offsets == {0: 300}
+    nxt = tick(plan.cursor, {0: 1000}, max_runs_per_tick=3)
+    assert nxt.requests[0].range.start == 300
+
+
+def test_every_offset_is_handed_out_exactly_once_across_ticks() -> None:
+    cursor = TailCursor()
+    covered: list[int] = []
+    for end in (0, 7, 7, 130, 131, 400):
+        plan = tick(cursor, {0: end}, max_records_per_run=50, max_runs_per_tick=2)
+        states = {r.run_key: RunState.SUCCEEDED for r in plan.requests}
+        for r in plan.requests:
+            covered.extend(range(r.range.start, r.range.end))
+        cursor = tick(plan.cursor, {0: plan.cursor.next_offsets[0]}, states=states).cursor
+    while cursor.next_offsets[0] < 400:
+        plan = tick(cursor, {0: 400}, max_records_per_run=50, max_runs_per_tick=2)
+        for r in plan.requests:
+            covered.extend(range(r.range.start, r.range.end))
+        cursor = plan.cursor
+    assert covered == list(range(400))
+
+
+def test_failed_run_is_relaunched_under_a_new_key_with_backoff() -> None:
+    first = tick(TailCursor(), {0: 10})
+    key = first.requests[0].run_key
+    retry = tick(first.cursor, {0: 10}, states={key: RunState.FAILED}, now=1001.0)
+    assert [r.run_key for r in retry.requests] == [run_key_for(first.requests[0].range, 1)]
+    assert retry.requests[0].range == first.requests[0].range
+    retry_key = retry.requests[0].run_key
+    # The retry fails at once: the next one waits for the back-off.
+    soon = tick(retry.cursor, {0: 10}, states={retry_key: RunState.FAILED}, now=1002.0)
+    assert soon.requests == ()
+    later = tick(retry.cursor, {0: 10}, states={retry_key: RunState.FAILED}, now=2000.0)
+    assert [r.attempt for r in later.requests] == [2]
+
+
+def test_running_runs_stay_pending_and_succeeded_ones_drop() -> None:
+    first = tick(TailCursor(), {0: 10, 1: 10})
+    k0, k1 = (r.run_key for r in first.requests)
+    plan = tick(
+        first.cursor, {0: 10, 1: 10}, states={k0: RunState.SUCCEEDED, k1: RunState.IN_PROGRESS}
+    )
+    assert plan.requests == ()
+    assert [p.run_key for p in plan.cursor.pending] == [k1]
+
+
+def test_missing_run_is_relaunched_only_after_grace() -> None:
+    first = tick(TailCursor(), {0: 10}, now=0.0)
+    assert tick(first.cursor, {0: 10}, now=MISSING_RUN_GRACE_S - 1).requests == ()
+    late = tick(first.cursor, {0: 10}, now=MISSING_RUN_GRACE_S + 1)
+    assert [r.attempt for r in late.requests] == [1]
+
+
+def test_offsets_deleted_by_retention_are_reported() -> None:
+    cursor = TailCursor(next_offsets={0: 5})
+    plan = tick(cursor, {0: 50}, lows={0: 20})
+    assert plan.requests[0].range.start == 20
+    assert "deleted by retention" in plan.notes[0]
+
+
+def test_cursor_round_trips_through_json() -> None:
+    plan = tick(TailCursor(), {0: 120, 3: 7})
+    again = TailCursor.from_json(plan.cursor.to_json())
+    assert again == plan.cursor
+    assert TailCursor.from_json(None) == TailCursor()
