@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # Extra command modules, each with `register(subparsers)`; imported when the parser is built.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("alert_platform.commands.dev",)
 
 
 class CommandError(RuntimeError):

@@ -142,3 +142,63 @@ def stop_dagster(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> N
         process.wait(timeout=10)
     except ProcessLookupError:
         pass
+
+
+def _print_banner(settings: Settings, dagster_home: Path) -> None:
+    sandbox_root = settings.slack_api_url.removesuffix("/").removesuffix("/api")
+    lines = [
+        "",
+        "alert-platform is running on the local stack:",
+        f"  Dagster UI         http://127.0.0.1:{settings.dagster_port}",
+        f"  Slack sandbox      {sandbox_root}/  (delivered alerts)",
+        f"  Kafka              {settings.bootstrap_servers}",
+        f"  BigQuery emulator  {settings.bigquery_api_endpoint}  (project {settings.bigquery_project})",
+        f"  State              {settings.data_dir.resolve()}  (DAGSTER_HOME={dagster_home})",
+        "Press Ctrl-C to stop everything.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def run_dev(settings: Settings, *, demo_events: int = 20, ui_timeout_s: float = 180.0) -> int:
+    """Start the stack, create topics, seed demo data, run Dagster until interrupted."""
+    from alert_platform.kafka.admin import create_topics
+    from alert_platform.local.bigquery_seed import seed_warehouse
+    from alert_platform.local.demo import build_demo_data, produce_events, produce_lookup_tables
+    from alert_platform.local.stack import LocalStack
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    stack = LocalStack(settings)
+    dagster: subprocess.Popen[bytes] | None = None
+    try:
+        print("Starting the local stack (Kafka, BigQuery emulator, Slack sandbox)...", flush=True)
+        stack.up()
+        created = create_topics(settings)
+        print(f"Topics ready ({len(created)} created).", flush=True)
+        seeded = seed_warehouse(settings)
+        print(f"BigQuery warehouse seeded ({seeded} new account rows).", flush=True)
+        demo = build_demo_data(demo_events)
+        produce_lookup_tables(settings, demo)
+        dagster_home = prepare_dagster_home(
+            settings.data_dir, os.environ.get(DAGSTER_POSTGRES_URL_ENV)
+        )
+        print("Starting Dagster (webserver + daemon)...", flush=True)
+        dagster = start_dagster(settings, dagster_home, settings.data_dir / "logs" / "dagster.log")
+        wait_for_http(
+            f"http://127.0.0.1:{settings.dagster_port}/server_info", ui_timeout_s, dagster
+        )
+        produced = produce_events(settings, demo.events)
+        print(f"Produced {produced} demo connector events.", flush=True)
+        _print_banner(settings, dagster_home)
+        return dagster.wait()
+    except KeyboardInterrupt:
+        print("\nStopping...", flush=True)
+        return 0
+    finally:
+        if dagster is not None:
+            stop_dagster(dagster)
+        stack.down()
+        print("Stopped Dagster and the local stack.", flush=True)

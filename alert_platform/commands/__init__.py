@@ -1,0 +1,1 @@
+"""Subcommands of the ``alert-platform`` console script beyond ``stack`` and ``topics``."""

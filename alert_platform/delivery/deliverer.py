@@ -1,0 +1,762 @@
+"""Deliver a batch of alerts to Slack exactly once: claim, pace, post, retry, record.
+
+:func:`deliver_batch` groups messages into one *lane* per channel (order kept within a
+channel) and runs the lanes concurrently on a thread pool, so one channel's 429 or slow
+answer never holds up another. Per message:
+
+1. ``ledger.claim`` (see :mod:`alert_platform.delivery.ledger`): ``DUPLICATE`` -> skip
+   (``already_delivered`` / ``suppressed_repeat``); ``IN_FLIGHT`` -> wait for the lease, claim
+   again; ``UNCERTAIN`` -> look for the claim's nonce in ``conversations.history`` first.
+2. Pace: a per-channel token bucket just under Slack's ~1 msg/s per channel.
+3. ``chat.postMessage`` with ``metadata`` carrying the alert id and the claim's nonce.
+4. Outcome (see :mod:`alert_platform.delivery.responses`):
+   ok -> ``mark_delivered``; 429 -> wait ``Retry-After`` on that channel only, retry;
+   5xx / timeout / connection -> retry with capped exponential backoff, and because Slack has
+   no idempotency key, look for the nonce in the channel history before posting again;
+   permanent -> ``mark_failed`` + dead letter, the batch goes on;
+   auth -> stop everything, post nothing more, release what was not posted, raise
+   :class:`SlackAuthError`.
+
+Every attempt outcome goes to ``on_response`` (a ``slack-responses`` record). Nothing is
+dropped: a message that cannot be finished now (transient errors past ``max_attempts``, or
+held by another live run) is left for the next run and the batch raises
+:class:`DeliveryIncompleteError` after finishing the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from alert_platform.delivery.ledger import (
+    ALREADY_DELIVERED,
+    Claim,
+    ClaimKind,
+    DeliveryLedger,
+)
+from alert_platform.delivery.messages import (
+    DeadLetter,
+    OutboundMessage,
+    format_rfc3339,
+    parse_records,
+)
+from alert_platform.delivery.responses import (
+    Outcome,
+    build_response_record,
+    classify_api_error,
+    classify_exception,
+    error_code,
+    header,
+    retry_after_seconds,
+)
+from alert_platform.kafka.records import SourceRecord
+from alert_platform.slack.client import without_retries
+
+LOG = logging.getLogger("alert_platform.delivery")
+# slack-sdk logs each transport error at ERROR although the deliverer retries it: keep those
+# lines on their own logger, quiet unless configured; the deliverer logs its retries itself.
+HTTP_LOG = logging.getLogger("alert_platform.delivery.slack_http")
+if HTTP_LOG.level == logging.NOTSET:
+    HTTP_LOG.setLevel(logging.CRITICAL)
+
+METADATA_EVENT_TYPE = "alert_platform_alert"
+# Test hook, inert unless set: SIGKILL this process right after chat.postMessage returned ok
+# for this alert id, before the ledger write (simulates a crash at the worst moment).
+CRASH_AFTER_POST_ENV = "ALERT_PLATFORM_CRASH_AFTER_POST"
+
+DEFAULT_RATE = 0.95  # messages per second per channel (Slack: ~1)
+DEFAULT_BURST = 2  # Slack tolerates short bursts; keep one token of headroom
+DEFAULT_MAX_WORKERS = 64
+DEFAULT_MAX_ATTEMPTS = 8  # transient failures per message per run (429s do not count)
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+HISTORY_MARGIN = timedelta(seconds=60)  # clock skew between us and Slack
+RETRY_CAUSES = ("rate_limited", "server_error", "timeout", "connection")
+
+ResponseCallback = Callable[[dict[str, Any]], None]
+
+
+class SlackAuthError(RuntimeError):
+    """Slack rejected the bot token: delivery stopped, nothing more was posted, and every
+    claim that was not posted was released (the whole range can be retried as it is)."""
+
+    def __init__(self, message: str, *, error: str, report: DeliveryReport) -> None:
+        super().__init__(message)
+        self.error = error
+        self.report = report
+
+
+class DeliveryIncompleteError(RuntimeError):
+    """Some messages could not be finished in this run (persistent transient failures, or
+    claimed by another live run). Nothing was dropped: retry the batch later."""
+
+    def __init__(self, message: str, *, report: DeliveryReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+# -- pacing -------------------------------------------------------------------------------
+
+
+class ChannelPacer:
+    """Per-channel token buckets (``rate`` tokens/s, ``burst`` capacity), reservation style:
+    :meth:`reserve` takes a token and says how long to wait before using it. Thread-safe;
+    share one across batches so back-to-back batches do not burst twice."""
+
+    def __init__(
+        self,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("pacing needs rate > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, as of)
+
+    def reserve(self, channel: str) -> float:
+        """Take one token for ``channel``; seconds to wait before posting (0 = now)."""
+        with self._lock:
+            now = self._clock()
+            tokens, as_of = self._buckets.get(channel, (float(self.burst), now))
+            # ``as_of`` lies in the future after a 429 (see penalize): nothing refills before.
+            start = max(now, as_of)
+            tokens = min(float(self.burst), tokens + (start - as_of) * self.rate) - 1.0
+            self._buckets[channel] = (tokens, start)
+            return (start - now) + max(0.0, -tokens) / self.rate
+
+    def penalize(self, channel: str, seconds: float) -> None:
+        """Slack said 429: no token for ``channel`` until ``seconds`` from now."""
+        with self._lock:
+            self._buckets[channel] = (1.0, self._clock() + max(0.0, seconds))
+
+
+_SHARED_PACERS: dict[tuple[str, float, int], ChannelPacer] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_pacer(
+    base_url: str, rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST
+) -> ChannelPacer:
+    """The process-wide pacer for one Slack endpoint (used when none is passed)."""
+    with _SHARED_LOCK:
+        key = (base_url, rate, burst)
+        if key not in _SHARED_PACERS:
+            _SHARED_PACERS[key] = ChannelPacer(rate, burst)
+        return _SHARED_PACERS[key]
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertResult:
+    """What happened to one message in this batch."""
+
+    alert_id: str
+    status: str  # delivered | recovered_uncertain | already_delivered | suppressed_repeat |
+    # dead_lettered | released | unfinished | not_attempted
+    channel: str | None = None
+    ts: str | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+@dataclass
+class DeliveryReport:
+    delivered: int = 0
+    already_delivered: int = 0
+    suppressed_repeat: int = 0
+    recovered_uncertain: int = 0
+    dead_lettered: int = 0
+    released: int = 0
+    unfinished: int = 0
+    not_attempted: int = 0
+    post_calls: int = 0
+    history_calls: int = 0
+    retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETRY_CAUSES, 0))
+    elapsed: float = 0.0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    results: list[AlertResult] = field(default_factory=list)
+    stopped_by: str | None = None
+
+    @property
+    def total_retries(self) -> int:
+        return sum(self.retries.values())
+
+    @property
+    def posted(self) -> int:
+        """Messages now in Slack because of this run (posted, or found after an uncertain
+        send)."""
+        return self.delivered + self.recovered_uncertain
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "delivered": self.delivered,
+            "already_delivered": self.already_delivered,
+            "suppressed_repeat": self.suppressed_repeat,
+            "recovered_uncertain": self.recovered_uncertain,
+            "dead_lettered": self.dead_lettered,
+            "released": self.released,
+            "unfinished": self.unfinished,
+            "not_attempted": self.not_attempted,
+            "post_calls": self.post_calls,
+            "history_calls": self.history_calls,
+            "retries": dict(self.retries),
+            "elapsed": round(self.elapsed, 3),
+            "stopped_by": self.stopped_by,
+        }
+
+
+# -- one call ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CallResult:
+    outcome: Outcome
+    status: int | None = None
+    error: str | None = None
+    headers: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    exception: BaseException | None = None
+
+    @property
+    def date(self) -> str | None:
+        return header(self.headers, "date")
+
+
+def _is_refused(exc: BaseException) -> bool:
+    """Connection refused: the request never left, so it cannot have posted."""
+    reason = getattr(exc, "reason", None)
+    return isinstance(exc, ConnectionRefusedError) or isinstance(reason, ConnectionRefusedError)
+
+
+def _call(fn: Callable[..., Any], **kwargs: Any) -> _CallResult:
+    try:
+        response = fn(**kwargs)
+    except SlackApiError as exc:
+        resp = exc.response
+        error = resp.get("error") if isinstance(resp.data, dict) else None
+        outcome = classify_api_error(resp.status_code, error)
+        return _CallResult(outcome, resp.status_code, error, dict(resp.headers or {}), None, exc)
+    except Exception as exc:
+        outcome = classify_exception(exc)
+        if outcome is None:
+            raise
+        return _CallResult(outcome, None, None, None, None, exc)
+    data = response.data if isinstance(response.data, dict) else {}
+    return _CallResult(Outcome.OK, response.status_code, None, dict(response.headers or {}), data)
+
+
+class _Stop(Exception):
+    """Internal: the batch is stopping (auth failure); leave the current message."""
+
+
+# -- the batch ----------------------------------------------------------------------------
+
+
+class _Batch:
+    def __init__(
+        self,
+        client: WebClient,
+        ledger: DeliveryLedger,
+        *,
+        window: timedelta,
+        on_response: ResponseCallback | None,
+        pacer: ChannelPacer,
+        lease: timedelta,
+        max_attempts: int,
+        settle: float,
+        owner: str,
+        after_post: Callable[[OutboundMessage, dict[str, Any]], None] | None,
+    ) -> None:
+        self.client = without_retries(client, logger=HTTP_LOG)
+        self.ledger = ledger
+        self.window = window
+        self.pacer = pacer
+        self.lease = lease
+        self.max_attempts = max_attempts
+        self.settle = settle
+        self.owner = owner
+        self.after_post = after_post
+        self.crash_after = os.environ.get(CRASH_AFTER_POST_ENV) or None
+        self._on_response = on_response
+        self._response_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self.stop = threading.Event()
+        self.auth_error: str | None = None
+        self.report = DeliveryReport()
+        self._counts: Counter[str] = Counter()
+        self._retries: Counter[str] = Counter()
+        self._channel_ids: dict[str, str] = {}
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def _result(self, result: AlertResult, dead_letter: DeadLetter | None = None) -> None:
+        with self._lock:
+            self.report.results.append(result)
+            self._counts[result.status] += 1
+            if dead_letter is not None:
+                self.report.dead_letters.append(dead_letter)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def _retry(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._retries[outcome.value] += 1
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self._on_response is None:
+            return
+        with self._response_lock:  # never concurrent, whatever the callback is
+            self._on_response(record)
+
+    def _record(
+        self,
+        message: OutboundMessage,
+        *,
+        ok: bool,
+        channel: str | None,
+        ts: str | None,
+        error: str | None,
+        attempts: int,
+        date: str | None,
+    ) -> None:
+        self._emit(
+            build_response_record(
+                alert_id=message.alert_id,
+                ok=ok,
+                channel=channel,
+                ts=ts,
+                error=error,
+                attempts=attempts,
+                date_header=date,
+                delivered_at=datetime.now(UTC) if ok else None,
+            )
+        )
+
+    def finish(self, elapsed: float) -> DeliveryReport:
+        report = self.report
+        for name in (
+            "delivered",
+            "already_delivered",
+            "suppressed_repeat",
+            "recovered_uncertain",
+            "dead_lettered",
+            "released",
+            "unfinished",
+            "not_attempted",
+            "post_calls",
+            "history_calls",
+        ):
+            setattr(report, name, self._counts[name])
+        report.retries = {cause: self._retries[cause] for cause in RETRY_CAUSES}
+        report.elapsed = elapsed
+        report.stopped_by = self.auth_error
+        return report
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def _sleep(self, seconds: float, claim: Claim | None = None) -> None:
+        """Sleep, waking for a stop; keep a held claim's heartbeat fresh meanwhile."""
+        deadline = time.monotonic() + seconds
+        beat = max(0.05, self.lease.total_seconds() / 3)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.stop.wait(min(remaining, beat)):
+                raise _Stop
+            if claim is not None and remaining > beat and not self.ledger.touch(claim):
+                raise _LostClaim
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(0, failures - 1)))
+        return delay / 2 + random.random() * delay / 2
+
+    # -- lanes -----------------------------------------------------------------------------
+
+    def run_lane(self, messages: list[OutboundMessage]) -> None:
+        for index, message in enumerate(messages):
+            if self.stop.is_set():
+                for rest in messages[index:]:
+                    self._result(AlertResult(rest.alert_id, "not_attempted"))
+                return
+            try:
+                self.deliver_one(message)
+            except BaseException:
+                # An unexpected error (the ledger is down, a bug): stop every lane now; each
+                # releases what it holds and the error is raised once all lanes have stopped.
+                self.stop.set()
+                for rest in messages[index + 1 :]:
+                    self._result(AlertResult(rest.alert_id, "not_attempted"))
+                raise
+
+    def _claim(self, message: OutboundMessage) -> Claim | None:
+        """Claim, waiting out another worker's live claim; ``None`` when it stays held."""
+        waited = 0.0
+        max_wait = 3 * self.lease.total_seconds()
+        while True:
+            claim = self.ledger.claim(message, self.window, owner=self.owner, lease=self.lease)
+            if claim.kind is not ClaimKind.IN_FLIGHT:
+                return claim
+            if waited >= max_wait:
+                return None
+            # Poll: the holder is usually another lane of this batch, done in milliseconds.
+            until_stale = (claim.retry_at - datetime.now(UTC)).total_seconds() + 0.05
+            delay = min(max(0.05, until_stale), 0.5)
+            self._sleep(delay)
+            waited += delay
+
+    def deliver_one(self, message: OutboundMessage) -> None:
+        try:
+            claim = self._claim(message)
+        except _Stop:
+            self._result(AlertResult(message.alert_id, "not_attempted"))
+            return
+        if claim is None:
+            LOG.warning("alert %s is being delivered by another run; left for a later run",
+                        message.alert_id)  # fmt: skip
+            self._result(AlertResult(message.alert_id, "unfinished", error="in_flight_elsewhere"))
+            return
+        if claim.kind is ClaimKind.DUPLICATE:
+            status = claim.reason or ALREADY_DELIVERED
+            row = claim.row
+            self._result(AlertResult(message.alert_id, status, row.channel, row.ts, row.attempts))
+            return
+        state = _MessageState(claim, attempts=claim.attempts)
+        # The post (if any) happened after the claim: look from claimed_at (less skew).
+        state.check_since = claim.claimed_at - HISTORY_MARGIN
+        if claim.kind is ClaimKind.UNCERTAIN:
+            state.maybe_posted = True
+        try:
+            self._post_until_done(message, state)
+        except (_Stop, _LostClaim, _GiveUp) as exc:
+            self._abandon(message, state, lost=isinstance(exc, _LostClaim))
+        except BaseException:
+            self._abandon(message, state, lost=False)
+            raise
+
+    def _abandon(self, message: OutboundMessage, state: _MessageState, *, lost: bool) -> None:
+        """Leave a claimed message unfinished: release it when nothing can have been posted,
+        else keep the 'sending' row so the next run checks Slack before posting."""
+        if lost:
+            self._result(AlertResult(message.alert_id, "unfinished", error="claim_taken_over"))
+            return
+        if not state.maybe_posted and self.ledger.release(state.claim):
+            self._result(AlertResult(message.alert_id, "released", attempts=state.attempts))
+        else:
+            self._result(AlertResult(message.alert_id, "unfinished", attempts=state.attempts))
+
+    # -- the core loop ---------------------------------------------------------------------
+
+    def _post_until_done(self, message: OutboundMessage, state: _MessageState) -> None:
+        claim = state.claim
+        lane = message.channel_id
+        failures = 0
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            if state.maybe_posted:
+                if self._recover(message, state):
+                    return
+                state.maybe_posted = False
+            self._sleep(self.pacer.reserve(lane), claim)
+            state.attempts += 1
+            if not self.ledger.touch(claim, attempts=state.attempts):
+                raise _LostClaim
+            if self.stop.is_set():
+                state.attempts -= 1
+                raise _Stop
+            # From here until Slack says otherwise, the message may be in Slack: any failure
+            # (even of the ledger write after an ok) must keep the row, never release it.
+            state.maybe_posted = True
+            call = self._post(message, claim)
+            refused = call.exception is not None and _is_refused(call.exception)
+            if (not call.outcome.maybe_posted and call.outcome is not Outcome.OK) or refused:
+                state.maybe_posted = False  # 429, permanent, auth, refused: nothing posted
+            if call.outcome is Outcome.OK:
+                data = call.data or {}
+                channel = data.get("channel") or lane
+                ts = data.get("ts")
+                if self.crash_after is not None and self.crash_after == message.alert_id:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.after_post is not None:
+                    self.after_post(message, data)
+                self._channel_ids[lane] = channel
+                if not self.ledger.mark_delivered(claim, channel, ts, attempts=state.attempts):
+                    LOG.warning("alert %s: posted, but its ledger row was no longer 'sending' "
+                                "(another run took it over)", message.alert_id)  # fmt: skip
+                self._record(message, ok=True, channel=channel, ts=ts, error=None,
+                             attempts=state.attempts, date=call.date)  # fmt: skip
+                self._result(AlertResult(message.alert_id, "delivered", channel, ts,
+                                         state.attempts))  # fmt: skip
+                return
+            code = error_code(call.outcome, call.status, call.error)
+            self._record(message, ok=False, channel=lane, ts=None, error=code,
+                         attempts=state.attempts, date=call.date)  # fmt: skip
+            if call.outcome is Outcome.FATAL_AUTH:
+                self._fatal(code)
+                raise _Stop
+            if call.outcome is Outcome.PERMANENT:
+                self._dead_letter(message, state, code)
+                return
+            self._retry(call.outcome)
+            LOG.info("alert %s: %s on channel %s (attempt %d); retrying",
+                     message.alert_id, code, lane, state.attempts)  # fmt: skip
+            if call.outcome is Outcome.RATE_LIMITED:
+                delay = retry_after_seconds(call.headers, default=1.0)
+                self.pacer.penalize(lane, delay)
+                continue
+            # server error, timeout, connection: maybe posted (unless refused outright)
+            failures += 1
+            if failures >= self.max_attempts:
+                LOG.warning("alert %s: %d transient failures (%s); left for a later run",
+                            message.alert_id, failures, code)  # fmt: skip
+                self._abandon(message, state, lost=False)
+                return
+            delay = self._backoff(failures)
+            if call.outcome in (Outcome.TIMEOUT, Outcome.CONNECTION) and state.maybe_posted:
+                delay = max(delay, self.settle)  # let a slow request land before checking
+            self._sleep(delay, claim)
+
+    def _post(self, message: OutboundMessage, claim: Claim) -> _CallResult:
+        self._count("post_calls")
+        kwargs: dict[str, Any] = {
+            "channel": message.channel_id,
+            "text": message.text,
+            "unfurl_links": False,
+            "unfurl_media": False,
+            "metadata": {
+                "event_type": METADATA_EVENT_TYPE,
+                "event_payload": {
+                    "alert_id": message.alert_id,
+                    "nonce": claim.nonce,
+                    "event_time": format_rfc3339(message.event_time),
+                },
+            },
+        }
+        if message.blocks:
+            kwargs["blocks"] = message.blocks
+        return _call(self.client.chat_postMessage, **kwargs)
+
+    def _fatal(self, code: str) -> None:
+        with self._lock:
+            if self.auth_error is None:
+                self.auth_error = code
+        self.stop.set()
+
+    def _dead_letter(self, message: OutboundMessage, state: _MessageState, code: str) -> None:
+        self.ledger.mark_failed(state.claim, code, attempts=state.attempts)
+        letter = DeadLetter.for_message(message, code, attempts=state.attempts)
+        self._result(
+            AlertResult(message.alert_id, "dead_lettered", message.channel_id, None,
+                        state.attempts, code),
+            letter,
+        )  # fmt: skip
+
+    # -- uncertain sends -------------------------------------------------------------------
+
+    def _recover(self, message: OutboundMessage, state: _MessageState) -> bool:
+        """Look for the claim's nonce in the channel; mark delivered when found."""
+        found = self._find_in_history(message, state)
+        if found is None:
+            return False
+        channel, ts = found
+        self.ledger.mark_delivered(state.claim, channel, ts, attempts=state.attempts)
+        self._record(message, ok=True, channel=channel, ts=ts, error=None,
+                     attempts=state.attempts, date=None)  # fmt: skip
+        self._result(AlertResult(message.alert_id, "recovered_uncertain", channel, ts,
+                                 state.attempts))  # fmt: skip
+        return True
+
+    def _find_in_history(
+        self, message: OutboundMessage, state: _MessageState
+    ) -> tuple[str, str] | None:
+        lane = message.channel_id
+        channel = self._channel_ids.get(lane) or (state.claim.row.channel or lane)
+        since = state.check_since or (state.claim.claimed_at - HISTORY_MARGIN)
+        oldest = f"{max(0.0, since.timestamp()):.6f}"
+        nonce = state.claim.nonce
+        event_time = format_rfc3339(message.event_time)
+        cursor: str | None = None
+        failures = 0
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            kwargs: dict[str, Any] = {
+                "channel": channel,
+                "oldest": oldest,
+                "include_all_metadata": True,
+                "limit": 200,
+            }
+            if cursor:
+                kwargs["cursor"] = cursor
+            self._count("history_calls")
+            call = _call(self.client.conversations_history, **kwargs)
+            if call.outcome is Outcome.FATAL_AUTH:
+                self._fatal(error_code(call.outcome, call.status, call.error))
+                raise _Stop
+            if call.outcome is Outcome.PERMANENT:
+                # e.g. channel_not_found: it cannot hold the message; the post will tell.
+                return None
+            if call.outcome is not Outcome.OK:
+                self._retry(call.outcome)
+                failures += 1
+                if failures >= self.max_attempts:
+                    raise _GiveUp
+                if call.outcome is Outcome.RATE_LIMITED:
+                    self._sleep(retry_after_seconds(call.headers, 1.0), state.claim)
+                else:
+                    self._sleep(self._backoff(failures), state.claim)
+                continue
+            data = call.data or {}
+            for item in data.get("messages") or ():
+                payload = ((item.get("metadata") or {}).get("event_payload")) or {}
+                if payload.get("nonce") == nonce or (
+                    "nonce" not in payload
+                    and payload.get("alert_id") == message.alert_id
+                    and payload.get("event_time") == event_time
+                ):
+                    return channel, item.get("ts")
+            cursor = ((data.get("response_metadata") or {}).get("next_cursor")) or None
+            if not data.get("has_more") or not cursor:
+                return None
+
+
+class _LostClaim(Exception):
+    """Internal: another run took the claim over (ours went stale)."""
+
+
+class _GiveUp(Exception):
+    """Internal: Slack history stayed unavailable; leave the message for a later run."""
+
+
+@dataclass
+class _MessageState:
+    claim: Claim
+    attempts: int = 0
+    maybe_posted: bool = False
+    check_since: datetime | None = None
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def _lanes(messages: Sequence[OutboundMessage]) -> list[list[OutboundMessage]]:
+    lanes: dict[str, list[OutboundMessage]] = defaultdict(list)
+    for message in messages:
+        lanes[message.channel_id].append(message)
+    return list(lanes.values())
+
+
+def deliver_batch(
+    messages: Iterable[OutboundMessage | SourceRecord],
+    client: WebClient,
+    ledger: DeliveryLedger,
+    *,
+    window: timedelta | float = timedelta(hours=24),
+    on_response: ResponseCallback | None = None,
+    pacer: ChannelPacer | None = None,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    lease: timedelta | None = None,
+    settle: float | None = None,
+    after_post: Callable[[OutboundMessage, dict[str, Any]], None] | None = None,
+) -> DeliveryReport:
+    """Post each message to Slack at most once per de-duplication window, at least once
+    unless Slack refuses it for good (then it is dead-lettered).
+
+    ``messages``: :class:`OutboundMessage` s, or raw ``slack-messages`` records (parsed here;
+    unparseable ones become dead letters). ``client``: any WebClient (its retry handlers are
+    not used; the deliverer retries itself). ``window``: timedelta or hours
+    (``settings.dedup_window_hours``). ``on_response``: called (never concurrently) with a
+    ``slack-responses`` record per attempt outcome. ``pacer``: per-channel pacing (default:
+    the process-wide one for the client's endpoint). ``settle``: seconds to wait after a
+    timeout before checking Slack for the message (default: the client timeout, at least 1).
+    ``lease``: how long another run's 'sending' claim is respected before it counts as crashed
+    (default: the ledger's, 60 s). ``after_post``: test hook called after a successful post,
+    before the ledger write.
+
+    Raises :class:`SlackAuthError` (token unusable; nothing more posted, unposted claims
+    released) or :class:`DeliveryIncompleteError` (some messages left for a later run).
+    """
+    started = time.monotonic()
+    parsed: list[OutboundMessage] = []
+    records: list[SourceRecord] = []
+    for item in messages:
+        (records if isinstance(item, SourceRecord) else parsed).append(item)  # type: ignore[arg-type]
+    parse_dead: list[DeadLetter] = []
+    if records:
+        batch_parse = parse_records(records)
+        parsed.extend(batch_parse.messages)
+        parse_dead = batch_parse.dead_letters
+    if isinstance(window, int | float):
+        window = timedelta(hours=float(window))
+    timeout = float(client.timeout or 30)
+    batch = _Batch(
+        client,
+        ledger,
+        window=window,
+        on_response=on_response,
+        pacer=pacer or shared_pacer(client.base_url),
+        lease=ledger.lease if lease is None else lease,
+        max_attempts=max_attempts,
+        settle=max(1.0, timeout) if settle is None else settle,
+        owner=ledger.owner,
+        after_post=after_post,
+    )
+    for letter in parse_dead:
+        batch._result(
+            AlertResult(letter.alert_id or "", "dead_lettered", error=letter.error), letter
+        )
+    lanes = _lanes(parsed)
+    errors: list[BaseException] = []
+    if lanes:
+        with ThreadPoolExecutor(
+            max_workers=max(1, min(max_workers, len(lanes))), thread_name_prefix="slack-lane"
+        ) as pool:
+            futures = [pool.submit(batch.run_lane, lane) for lane in lanes]
+            for future in futures:
+                exc = future.exception()
+                if exc is not None:
+                    batch.stop.set()
+                    errors.append(exc)
+    report = batch.finish(time.monotonic() - started)
+    if errors:
+        raise errors[0]
+    if batch.auth_error is not None:
+        raise SlackAuthError(
+            f"Slack rejected the bot token ({batch.auth_error}): check SLACK_BOT_TOKEN. "
+            f"Delivery stopped; nothing more was posted; {report.released + report.not_attempted}"
+            f" message(s) were left unclaimed for a retry ({report.posted} posted before the "
+            "stop).",
+            error=batch.auth_error,
+            report=report,
+        )
+    if report.unfinished:
+        raise DeliveryIncompleteError(
+            f"{report.unfinished} message(s) could not be finished now (Slack kept failing, or "
+            "another run holds them); nothing was dropped: retry this batch later.",
+            report=report,
+        )
+    return report

@@ -1,0 +1,477 @@
+"""The delivery ledger: which alert was posted to Slack, in flight, or refused for good.
+
+One implementation over SQLAlchemy Core, for SQLite (default, ``sqlite:///path``: WAL,
+``busy_timeout``) and PostgreSQL (``postgresql+psycopg2://...``). The table is created when
+missing. One row per claimed ``(alert_id, event_time)``:
+
+``alert_id, event_time (UTC), state ('sending' | 'delivered' | 'failed_permanent'), channel,
+ts, attempts, source (topic:partition:offset), nonce, owner, claimed_at, heartbeat_at,
+delivered_at, error``.
+
+:meth:`DeliveryLedger.claim` decides atomically, for the rows of the same ``alert_id`` whose
+``event_time`` lies within ``window`` of the message's (the exactly-once rule of
+docs/architecture.md):
+
+* a ``delivered`` row -> ``DUPLICATE`` (``reason`` ``already_delivered`` for the very same
+  event, ``suppressed_repeat`` for another event of the alert): do not post;
+* a ``sending`` row whose owner heart-beat within ``lease`` -> ``IN_FLIGHT``: another worker
+  (or this one) is posting it right now; wait until ``retry_at`` and claim again;
+* a ``sending`` row with an older heartbeat -> ``UNCERTAIN``: an earlier attempt died between
+  the Slack call and the ledger write; the claim takes the row over (same ``nonce``) and the
+  caller must look for the nonce in Slack before posting again;
+* a ``failed_permanent`` row for the very same event -> ``NEW`` again (``retry_of_failure``):
+  a permanent failure posted nothing, and re-running a range is how an operator retries after
+  fixing the cause (inviting the bot, un-archiving the channel). Failed rows never suppress;
+* nothing -> ``NEW``: a ``sending`` row is inserted with a fresh ``nonce``.
+
+Atomicity across processes: SQLite transactions are ``BEGIN IMMEDIATE`` (one writer at a
+time, others wait up to ``busy_timeout``); PostgreSQL takes
+``pg_advisory_xact_lock(hashtext(table || alert_id))`` before reading. A unique constraint on
+``(alert_id, event_time)`` backs both.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from alert_platform.delivery.messages import OutboundMessage
+
+SENDING = "sending"
+DELIVERED = "delivered"
+FAILED_PERMANENT = "failed_permanent"
+STATES = (SENDING, DELIVERED, FAILED_PERMANENT)
+
+ALREADY_DELIVERED = "already_delivered"
+SUPPRESSED_REPEAT = "suppressed_repeat"
+
+DEFAULT_TABLE = "delivery_ledger"
+# A live owner refreshes its heartbeat at least every lease/3 (see the deliverer); a 'sending'
+# row older than this is taken to belong to a crashed run.
+DEFAULT_LEASE = timedelta(seconds=60)
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class ClaimKind(enum.Enum):
+    NEW = "new"
+    UNCERTAIN = "uncertain"
+    DUPLICATE = "duplicate"
+    IN_FLIGHT = "in_flight"
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite stores naive UTC text, sorted correctly)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use an aware (UTC) datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One ledger row (what ``explain`` shows)."""
+
+    id: int
+    alert_id: str
+    event_time: datetime
+    state: str
+    channel: str | None
+    ts: str | None
+    attempts: int
+    source: str | None
+    nonce: str
+    owner: str | None
+    claimed_at: datetime
+    heartbeat_at: datetime
+    delivered_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The ledger's decision for one message (see the module docstring).
+
+    ``row`` is the row the decision is about: the inserted/taken-over ``sending`` row for
+    ``NEW``/``UNCERTAIN``, the delivered row for ``DUPLICATE``, the other worker's row for
+    ``IN_FLIGHT``. ``owner`` is who holds the claim (fences heartbeats and releases).
+    """
+
+    kind: ClaimKind
+    alert_id: str
+    event_time: datetime
+    owner: str
+    row: LedgerRow
+    reason: str | None = None
+    retry_at: datetime | None = None
+    retry_of_failure: bool = False
+
+    @property
+    def row_id(self) -> int:
+        return self.row.id
+
+    @property
+    def nonce(self) -> str:
+        return self.row.nonce
+
+    @property
+    def claimed_at(self) -> datetime:
+        return self.row.claimed_at
+
+    @property
+    def attempts(self) -> int:
+        """Post attempts already recorded for this row (earlier runs included)."""
+        return self.row.attempts
+
+
+def _as_window(window: timedelta | float) -> timedelta:
+    """A window as a timedelta; a bare number is hours (``settings.dedup_window_hours``)."""
+    if isinstance(window, timedelta):
+        return window
+    return timedelta(hours=float(window))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _redact_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
+
+
+class DeliveryLedger:
+    """The delivery ledger at ``url`` (SQLAlchemy URL); creates its table when missing.
+
+    ``schema`` (PostgreSQL only) and ``table_name`` place the table; ``owner`` names this
+    ledger's claims (default: a fresh id per instance, i.e. per run). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        table_name: str = DEFAULT_TABLE,
+        owner: str | None = None,
+        lease: timedelta = DEFAULT_LEASE,
+        create: bool = True,
+    ) -> None:
+        self.url = url
+        self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.lease = lease
+        self.engine = self._make_engine(url)
+        self.dialect = self.engine.dialect.name
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"unsupported ledger database {self.dialect!r}: use sqlite or postgresql"
+            )
+        if schema and self.dialect != "postgresql":
+            raise ValueError("a ledger schema is only supported on PostgreSQL")
+        self.schema = schema
+        metadata = sa.MetaData(schema=schema)
+        self.table = sa.Table(
+            table_name,
+            metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("alert_id", sa.String(512), nullable=False),
+            sa.Column("event_time", UTCDateTime, nullable=False),
+            sa.Column("state", sa.String(32), nullable=False),
+            sa.Column("channel", sa.String(255)),
+            sa.Column("ts", sa.String(64)),
+            sa.Column("attempts", sa.Integer, nullable=False, default=0),
+            sa.Column("source", sa.String(512)),
+            sa.Column("nonce", sa.String(64), nullable=False, unique=True),
+            sa.Column("owner", sa.String(128)),
+            sa.Column("claimed_at", UTCDateTime, nullable=False),
+            sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+            sa.Column("delivered_at", UTCDateTime),
+            sa.Column("error", sa.Text),
+            sa.UniqueConstraint("alert_id", "event_time", name=f"uq_{table_name}_alert_event"),
+            sa.CheckConstraint(
+                "state IN ('sending', 'delivered', 'failed_permanent')",
+                name=f"ck_{table_name}_state",
+            ),
+        )
+        self._lock_prefix = f"{schema or ''}.{table_name}:"
+        if create:
+            self.create_tables()
+
+    def __repr__(self) -> str:
+        return f"DeliveryLedger({_redact_url(self.url)!r}, table={self.table.fullname!r})"
+
+    # -- engine ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _make_engine(url: str) -> Engine:
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite":
+            return sa.create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+        database = parsed.database
+        if database in (None, "", ":memory:"):
+            engine = sa.create_engine(
+                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(
+                url,
+                pool_size=10,
+                max_overflow=40,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            )
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" below issue BEGIN (pysqlite's own would be DEFERRED).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            if database not in (None, "", ":memory:"):
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def create_tables(self) -> None:
+        """Create the schema (PostgreSQL) and table when missing; safe to race."""
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(hashtext('alert_platform.ledger.ddl'))")
+                )
+                if self.schema:
+                    conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+            self.table.metadata.create_all(conn, checkfirst=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> DeliveryLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _locked(self, alert_id: str) -> Iterator[Connection]:
+        """A transaction holding the per-alert lock (SQLite: the database write lock)."""
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                    {"key": self._lock_prefix + alert_id},
+                )
+            yield conn
+
+    # -- rows ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(mapping: Any) -> LedgerRow:
+        return LedgerRow(**{name: mapping[name] for name in LedgerRow.__dataclass_fields__})
+
+    def _get(self, conn: Connection, row_id: int) -> LedgerRow:
+        found = conn.execute(sa.select(self.table).where(self.table.c.id == row_id)).mappings()
+        return self._row(found.one())
+
+    def lookup(self, alert_id: str) -> list[LedgerRow]:
+        """Every row of ``alert_id``, newest event first (for ``explain``)."""
+        t = self.table
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.select(t).where(t.c.alert_id == alert_id).order_by(t.c.event_time.desc())
+            )
+            return [self._row(m) for m in result.mappings()]
+
+    def count_by_state(self) -> dict[str, int]:
+        t = self.table
+        with self.engine.begin() as conn:
+            result = conn.execute(sa.select(t.c.state, sa.func.count()).group_by(t.c.state))
+            return {state: int(n) for state, n in result}
+
+    # -- the claim -------------------------------------------------------------------------
+
+    def claim(
+        self,
+        message: OutboundMessage,
+        window: timedelta | float,
+        *,
+        owner: str | None = None,
+        lease: timedelta | None = None,
+    ) -> Claim:
+        """Decide atomically whether ``message`` may be posted (see the module docstring).
+
+        ``window`` is a timedelta or hours; ``owner`` defaults to this ledger's owner; ``lease``
+        (default: the ledger's) is how stale a ``sending`` heartbeat must be to be taken over.
+        """
+        window = _as_window(window)
+        owner = owner or self.owner
+        lease = self.lease if lease is None else lease
+        t = self.table
+        event_time = message.event_time.astimezone(UTC)
+        with self._locked(message.alert_id) as conn:
+            now = _utcnow()
+            result = conn.execute(
+                sa.select(t)
+                .where(
+                    t.c.alert_id == message.alert_id,
+                    t.c.event_time >= event_time - window,
+                    t.c.event_time <= event_time + window,
+                )
+                .order_by(t.c.event_time)
+            )
+            rows = [self._row(m) for m in result.mappings()]
+
+            def closest(candidates: list[LedgerRow]) -> LedgerRow:
+                return min(candidates, key=lambda r: abs(r.event_time - event_time))
+
+            def decided(kind: ClaimKind, row: LedgerRow, **extra: Any) -> Claim:
+                return Claim(kind, message.alert_id, event_time, owner, row, **extra)
+
+            delivered = [r for r in rows if r.state == DELIVERED]
+            if delivered:
+                row = closest(delivered)
+                same = row.event_time == event_time
+                return decided(
+                    ClaimKind.DUPLICATE,
+                    row,
+                    reason=ALREADY_DELIVERED if same else SUPPRESSED_REPEAT,
+                )
+
+            sending = [r for r in rows if r.state == SENDING]
+            if sending:
+                row = closest(sending)
+                if now - row.heartbeat_at < lease:
+                    return decided(ClaimKind.IN_FLIGHT, row, retry_at=row.heartbeat_at + lease)
+                conn.execute(
+                    t.update()
+                    .where(t.c.id == row.id)
+                    .values(owner=owner, heartbeat_at=now, source=message.source_ref or row.source)
+                )
+                return decided(ClaimKind.UNCERTAIN, self._get(conn, row.id))
+
+            failed = [r for r in rows if r.state == FAILED_PERMANENT and r.event_time == event_time]
+            values = {
+                "state": SENDING,
+                "channel": message.channel_id,
+                "ts": None,
+                "source": message.source_ref or None,
+                "nonce": uuid.uuid4().hex,
+                "owner": owner,
+                "claimed_at": now,
+                "heartbeat_at": now,
+                "delivered_at": None,
+            }
+            if failed:
+                row_id = failed[0].id
+                conn.execute(t.update().where(t.c.id == row_id).values(**values))
+                return decided(ClaimKind.NEW, self._get(conn, row_id), retry_of_failure=True)
+            inserted = conn.execute(
+                t.insert().values(
+                    alert_id=message.alert_id, event_time=event_time, attempts=0, **values
+                )
+            )
+            row_id = inserted.inserted_primary_key[0]
+            return decided(ClaimKind.NEW, self._get(conn, row_id))
+
+    # -- after the claim -------------------------------------------------------------------
+
+    def _owned(self, claim: Claim) -> Any:
+        t = self.table
+        return sa.and_(t.c.id == claim.row_id, t.c.state == SENDING, t.c.owner == claim.owner)
+
+    def touch(self, claim: Claim, *, attempts: int | None = None) -> bool:
+        """Refresh the claim's heartbeat (and attempt count); ``False`` when it is no longer
+        ours (taken over after going stale, released, or finished): do not post then."""
+        values: dict[str, Any] = {"heartbeat_at": _utcnow()}
+        if attempts is not None:
+            values["attempts"] = attempts
+        with self.engine.begin() as conn:
+            return (
+                conn.execute(
+                    self.table.update().where(self._owned(claim)).values(**values)
+                ).rowcount
+                == 1
+            )
+
+    def mark_delivered(
+        self, claim: Claim, channel: str | None, ts: str | None, *, attempts: int | None = None
+    ) -> bool:
+        """Record the post (``channel`` id and message ``ts``). Not fenced by owner: a post
+        that happened is always recorded. ``False`` when the row was not 'sending' any more."""
+        t = self.table
+        values: dict[str, Any] = {
+            "state": DELIVERED,
+            "channel": channel,
+            "ts": ts,
+            "delivered_at": _utcnow(),
+            "error": None,
+        }
+        if attempts is not None:
+            values["attempts"] = attempts
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                t.update().where(t.c.id == claim.row_id, t.c.state == SENDING).values(**values)
+            )
+            return result.rowcount == 1
+
+    def mark_failed(self, claim: Claim, error: str, *, attempts: int | None = None) -> bool:
+        """Record a permanent failure (nothing was posted). A later claim of the very same
+        event gets ``NEW`` again (``retry_of_failure``); failed rows never suppress."""
+        values: dict[str, Any] = {"state": FAILED_PERMANENT, "error": error[:2000], "owner": None}
+        if attempts is not None:
+            values["attempts"] = attempts
+        with self.engine.begin() as conn:
+            return (
+                conn.execute(
+                    self.table.update().where(self._owned(claim)).values(**values)
+                ).rowcount
+                == 1
+            )
+
+    def release(self, claim: Claim) -> bool:
+        """Give a claim back after a failure that certainly posted nothing: the row goes away
+        (a row that was a retry of a permanent failure goes back to 'failed_permanent'), so the
+        alert is ``NEW`` for the next run. ``False`` when the claim was not ours any more."""
+        t = self.table
+        with self.engine.begin() as conn:
+            if claim.retry_of_failure:
+                result = conn.execute(
+                    t.update()
+                    .where(self._owned(claim))
+                    .values(state=FAILED_PERMANENT, owner=None, error=claim.row.error)
+                )
+            else:
+                result = conn.execute(t.delete().where(self._owned(claim)))
+            return result.rowcount == 1

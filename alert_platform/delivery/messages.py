@@ -1,0 +1,265 @@
+"""Typed alert messages as consumed from ``slack-messages``, and the dead letters of delivery.
+
+A ``slack-messages`` value is JSON::
+
+    {"alert_id", "pipeline", "channel_id", "text", "blocks",
+     "source": {"topic", "partition", "offset", "timestamp"}, "created_at", "event_time"}
+
+:func:`parse_message` turns one :class:`~alert_platform.kafka.records.SourceRecord` into an
+:class:`OutboundMessage` or raises :class:`InvalidMessage` (a reason, never a crash);
+:func:`parse_records` splits a batch into messages and :class:`DeadLetter` s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from alert_platform.kafka.records import SourceRecord
+
+# Dead-letter error codes that are ours rather than Slack's.
+UNPARSEABLE = "unparseable_message"
+
+
+class InvalidMessage(ValueError):
+    """A ``slack-messages`` record that cannot be delivered as it is; ``str()`` is the reason."""
+
+
+def parse_rfc3339(value: object, field_name: str) -> datetime:
+    """An RFC 3339 timestamp as an aware UTC datetime (a missing offset is read as UTC)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidMessage(f"{field_name} must be an RFC 3339 string, got {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidMessage(f"{field_name} is not RFC 3339: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_rfc3339(value: datetime) -> str:
+    """``2025-01-02T03:04:05.123456Z`` (UTC, microseconds only when present)."""
+    value = value.astimezone(UTC)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.microsecond:06d}"
+    return text + "Z"
+
+
+@dataclass(frozen=True)
+class SourcePosition:
+    """Where the alert's source event came from (lineage, not used for de-duplication)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: Any = None
+
+    def __str__(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One alert ready for ``chat.postMessage``.
+
+    ``position`` is the ``slack-messages`` record's own ``topic:partition:offset`` (empty when
+    built in code); ``raw`` is the original value (kept for dead letters, not shown in repr).
+    """
+
+    alert_id: str
+    channel_id: str
+    text: str
+    event_time: datetime
+    pipeline: str = ""
+    blocks: list[dict[str, Any]] | None = None
+    source: SourcePosition | None = None
+    created_at: datetime | None = None
+    position: str = ""
+    raw: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def source_ref(self) -> str:
+        """``topic:partition:offset`` of the source event, else this record's own position."""
+        return str(self.source) if self.source is not None else self.position
+
+    def to_value(self) -> dict[str, Any]:
+        """The wire form (as found on ``slack-messages``)."""
+        return {
+            "alert_id": self.alert_id,
+            "pipeline": self.pipeline,
+            "channel_id": self.channel_id,
+            "text": self.text,
+            "blocks": self.blocks,
+            "source": None
+            if self.source is None
+            else {
+                "topic": self.source.topic,
+                "partition": self.source.partition,
+                "offset": self.source.offset,
+                "timestamp": self.source.timestamp,
+            },
+            "created_at": None if self.created_at is None else format_rfc3339(self.created_at),
+            "event_time": format_rfc3339(self.event_time),
+        }
+
+
+def _required_str(value: Mapping[str, Any], name: str) -> str:
+    item = value.get(name)
+    if not isinstance(item, str) or not item.strip():
+        raise InvalidMessage(f"{name} must be a non-empty string, got {item!r}")
+    return item
+
+
+def _source(raw: object) -> SourcePosition | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidMessage(f"source must be an object, got {type(raw).__name__}")
+    topic, partition, offset = raw.get("topic"), raw.get("partition"), raw.get("offset")
+    if not isinstance(topic, str) or not topic:
+        raise InvalidMessage(f"source.topic must be a non-empty string, got {topic!r}")
+    for name, number in (("partition", partition), ("offset", offset)):
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise InvalidMessage(f"source.{name} must be a non-negative integer, got {number!r}")
+    return SourcePosition(topic, partition, offset, raw.get("timestamp"))  # type: ignore[arg-type]
+
+
+def message_from_value(
+    value: Mapping[str, Any], *, position: str = "", raw: bytes | None = None
+) -> OutboundMessage:
+    """Validate a decoded ``slack-messages`` value into an :class:`OutboundMessage`."""
+    if not isinstance(value, Mapping):
+        raise InvalidMessage(f"value must be a JSON object, got {type(value).__name__}")
+    alert_id = _required_str(value, "alert_id")
+    channel_id = _required_str(value, "channel_id")
+    text = value.get("text")
+    if not isinstance(text, str):
+        raise InvalidMessage(f"text must be a string, got {type(text).__name__}")
+    blocks = value.get("blocks")
+    if blocks is not None and (
+        not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks)
+    ):
+        raise InvalidMessage("blocks must be a list of objects or null")
+    if not text.strip() and not blocks:
+        raise InvalidMessage("text is empty and there are no blocks")
+    pipeline = value.get("pipeline") or ""
+    if not isinstance(pipeline, str):
+        raise InvalidMessage(f"pipeline must be a string, got {pipeline!r}")
+    created = value.get("created_at")
+    return OutboundMessage(
+        alert_id=alert_id,
+        channel_id=channel_id,
+        text=text,
+        event_time=parse_rfc3339(value.get("event_time"), "event_time"),
+        pipeline=pipeline,
+        blocks=blocks or None,
+        source=_source(value.get("source")),
+        created_at=None if created in (None, "") else parse_rfc3339(created, "created_at"),
+        position=position,
+        raw=raw,
+    )
+
+
+def parse_message(record: SourceRecord) -> OutboundMessage:
+    """One ``slack-messages`` record as an :class:`OutboundMessage`; :class:`InvalidMessage`
+    when it cannot be delivered (empty value, not JSON, missing or mistyped fields)."""
+    if record.value is None:
+        raise InvalidMessage("record has no value (tombstone)")
+    try:
+        value = json.loads(record.value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidMessage(f"value is not JSON: {exc}") from None
+    return message_from_value(value, position=record.position, raw=record.value)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An alert that will not be delivered as it is: the caller produces it to
+    ``slack-messages-dlq`` (value :meth:`dlq_value`, key :attr:`key`)."""
+
+    alert_id: str | None
+    position: str
+    error: str
+    detail: str = ""
+    attempts: int = 0
+    channel: str | None = None
+    raw: bytes | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> bytes | None:
+        return self.alert_id.encode() if self.alert_id else None
+
+    def dlq_value(self) -> bytes:
+        """JSON: the error, where the record was, and the original value (decoded if JSON)."""
+        original: Any = None
+        if self.raw is not None:
+            try:
+                original = json.loads(self.raw)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                original = self.raw.decode("utf-8", errors="replace")
+        body = {
+            "alert_id": self.alert_id,
+            "error": self.error,
+            "detail": self.detail,
+            "attempts": self.attempts,
+            "channel": self.channel,
+            "position": self.position,
+            "failed_at": format_rfc3339(datetime.now(UTC)),
+            "message": original,
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def for_message(
+        cls, message: OutboundMessage, error: str, *, detail: str = "", attempts: int = 0
+    ) -> DeadLetter:
+        raw = message.raw
+        if raw is None:
+            raw = json.dumps(message.to_value(), separators=(",", ":")).encode()
+        return cls(
+            alert_id=message.alert_id,
+            position=message.position,
+            error=error,
+            detail=detail,
+            attempts=attempts,
+            channel=message.channel_id,
+            raw=raw,
+        )
+
+
+@dataclass
+class ParsedBatch:
+    messages: list[OutboundMessage]
+    dead_letters: list[DeadLetter]
+
+
+def _alert_id_of(raw: bytes | None) -> str | None:
+    try:
+        value = json.loads(raw) if raw is not None else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(value, dict) and isinstance(value.get("alert_id"), str):
+        return value["alert_id"] or None
+    return None
+
+
+def parse_records(records: Iterable[SourceRecord]) -> ParsedBatch:
+    """Split ``slack-messages`` records into messages and dead letters (error
+    ``unparseable_message``, the reason in ``detail``); never raises for a bad record."""
+    batch = ParsedBatch([], [])
+    for record in records:
+        try:
+            batch.messages.append(parse_message(record))
+        except InvalidMessage as exc:
+            alert_id = _alert_id_of(record.value)
+            if alert_id is None and record.key:
+                alert_id = record.key.decode("utf-8", errors="replace")
+            batch.dead_letters.append(
+                DeadLetter(alert_id, record.position, UNPARSEABLE, str(exc), raw=record.value)
+            )
+    return batch

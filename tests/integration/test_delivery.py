@@ -1,0 +1,497 @@
+"""deliver_batch against the real Slack sandbox and real ledgers (SQLite, PostgreSQL).
+
+No Slack mocks: faults, rate limits and token revocation are the sandbox's own. Each test
+resets the sandbox and uses fresh channels; it restores the default limit and the token after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from alert_platform.delivery.deliverer import (
+    CRASH_AFTER_POST_ENV,
+    METADATA_EVENT_TYPE,
+    ChannelPacer,
+    DeliveryIncompleteError,
+    SlackAuthError,
+    deliver_batch,
+)
+from alert_platform.delivery.ledger import DELIVERED, FAILED_PERMANENT, DeliveryLedger
+from alert_platform.delivery.messages import UNPARSEABLE, OutboundMessage
+from alert_platform.kafka.records import SourceRecord
+from alert_platform.local.sandbox import SandboxControl
+from alert_platform.local.sandbox.state import DEFAULT_BURST, DEFAULT_PER_SECOND
+from alert_platform.settings import Settings
+from alert_platform.slack.client import make_web_client
+
+pytestmark = pytest.mark.integration
+
+PG_URL = os.environ.get(
+    "ALERT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+REPO = Path(__file__).resolve().parents[2]
+RESPONSE_KEYS = {"alert_id", "ok", "channel", "ts", "error", "attempts", "slack_date",
+                 "delivered_at"}  # fmt: skip
+
+
+def fast_pacer() -> ChannelPacer:
+    """For tests that switch the sandbox limit off: no waiting on our side either."""
+    return ChannelPacer(rate=200.0, burst=50)
+
+
+@pytest.fixture
+def sandbox(slack_settings: Settings) -> Iterator[SandboxControl]:
+    control = SandboxControl(slack_settings.slack_api_url)
+    control.reset()
+    control.set_rate_limit(DEFAULT_PER_SECOND, DEFAULT_BURST)
+    yield control
+    control.revoke_token(False)
+    control.set_rate_limit(DEFAULT_PER_SECOND, DEFAULT_BURST)
+    control.reset()
+
+
+@pytest.fixture
+def channels(sandbox: SandboxControl) -> list[str]:
+    """Four fresh channels registered in the sandbox."""
+    stem = uuid.uuid4().hex[:8].upper()
+    ids = [f"C{stem}{i}" for i in range(4)]
+    for i, channel_id in enumerate(ids):
+        sandbox.add_channel(channel_id, f"t-{stem.lower()}-{i}")
+    return ids
+
+
+@pytest.fixture(scope="module")
+def pg_schema() -> Iterator[str]:
+    engine = sa.create_engine(PG_URL)
+    try:
+        engine.connect().close()
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc.orig}")
+    schema = f"delivery_test_{uuid.uuid4().hex[:12]}"
+    yield schema
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def _ledger_spec(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict:
+    table = f"ledger_{uuid.uuid4().hex[:10]}"
+    if kind == "sqlite":
+        return {"url": f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "schema": None, "table": table}
+    return {"url": PG_URL, "schema": request.getfixturevalue("pg_schema"), "table": table}
+
+
+def _open(spec: dict, **kwargs: object) -> DeliveryLedger:
+    return DeliveryLedger(spec["url"], schema=spec["schema"], table_name=spec["table"], **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def ledger_spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict:
+    """SQLite by default; tests parametrized with ``indirect`` also run on PostgreSQL."""
+    return _ledger_spec(getattr(request, "param", "sqlite"), request, tmp_path)
+
+
+@pytest.fixture
+def ledger(ledger_spec: dict) -> Iterator[DeliveryLedger]:
+    opened = _open(ledger_spec)
+    yield opened
+    opened.close()
+
+
+def make_messages(channels: list[str], per_channel: int, tag: str = "") -> list[OutboundMessage]:
+    base = datetime.now(UTC) - timedelta(minutes=1)
+    run = tag or uuid.uuid4().hex[:8]
+    out = []
+    for i in range(per_channel):
+        for c, channel in enumerate(channels):
+            n = i * len(channels) + c
+            out.append(
+                OutboundMessage(
+                    alert_id=f"test:{run}:{n:03d}",
+                    channel_id=channel,
+                    text=f"alert {n} & <friends>",
+                    event_time=base + timedelta(milliseconds=n),
+                    pipeline="test",
+                    blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": f"*{n}*"}}],
+                    position=f"slack-messages:0:{n}",
+                )
+            )
+    return out
+
+
+def held(sandbox: SandboxControl) -> Counter[str]:
+    """How many times the sandbox holds each alert id (from the message metadata)."""
+    counts: Counter[str] = Counter()
+    for message in sandbox.messages():
+        metadata = message.get("metadata") or {}
+        assert metadata.get("event_type") == METADATA_EVENT_TYPE
+        counts[metadata["event_payload"]["alert_id"]] += 1
+    return counts
+
+
+def assert_exactly_once(sandbox: SandboxControl, messages: list[OutboundMessage]) -> None:
+    counts = held(sandbox)
+    expected = {m.alert_id for m in messages}
+    assert set(counts) == expected, (expected - set(counts), set(counts) - expected)
+    assert {k: n for k, n in counts.items() if n != 1} == {}
+
+
+# -- the normal path ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ledger_spec", ["sqlite", "postgres"], indirect=True)
+def test_batch_is_delivered_once_and_rerun_posts_nothing(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    messages = make_messages(channels, per_channel=3)
+    client = make_web_client(slack_settings, timeout=5)
+    records: list[dict] = []
+    report = deliver_batch(messages, client, ledger, window=24, on_response=records.append)
+
+    assert report.delivered == len(messages) and report.post_calls == len(messages)
+    assert report.dead_letters == [] and report.total_retries == 0
+    assert_exactly_once(sandbox, messages)
+    by_alert = {m.alert_id: m for m in messages}
+    for stored in sandbox.messages():
+        payload = stored["metadata"]["event_payload"]
+        original = by_alert[payload["alert_id"]]
+        assert stored["channel"] == original.channel_id
+        assert stored["text"] == original.text and stored["blocks"] == original.blocks
+        (row,) = ledger.lookup(original.alert_id)
+        assert row.state == DELIVERED and row.ts == stored["ts"] and row.nonce == payload["nonce"]
+        assert row.channel == original.channel_id and row.attempts == 1
+        assert payload["event_time"].endswith("Z")
+    # One slack-responses record per attempt, all ok, with Slack's Date as RFC 3339.
+    assert len(records) == len(messages)
+    for record in records:
+        assert set(record) == RESPONSE_KEYS and record["ok"] and record["attempts"] == 1
+        assert record["slack_date"].endswith("Z") and record["delivered_at"].endswith("Z")
+        assert record["ts"] and record["error"] is None
+
+    # Re-running the same batch (replay, retried run) posts nothing.
+    again = deliver_batch(messages, client, ledger, window=24, on_response=records.append)
+    assert again.already_delivered == len(messages) and again.delivered == 0
+    assert again.post_calls == 0 and len(records) == len(messages)
+    assert_exactly_once(sandbox, messages)
+
+
+def test_paces_each_channel_and_resolves_channel_names(
+    slack_settings: Settings, sandbox: SandboxControl, ledger: DeliveryLedger
+) -> None:
+    # Default sandbox limit (1/s, burst 3), default pacing: no 429, channel names accepted.
+    messages = make_messages(["#alerts-ops", "C0UNROUTED"], per_channel=4)
+    client = make_web_client(slack_settings, timeout=5)
+    report = deliver_batch(messages, client, ledger, window=24, pacer=ChannelPacer())
+    assert report.delivered == 8 and report.retries["rate_limited"] == 0
+    assert sandbox.stats()["http_429"] == 0
+    assert 1.5 < report.elapsed < 6  # 4 per channel at ~1/s after a burst of 2, in parallel
+    assert_exactly_once(sandbox, messages)
+    assert ledger.lookup(messages[0].alert_id)[0].channel == "C0OPS"  # the id Slack answered
+
+
+def test_repeat_within_window_is_suppressed_outside_posted(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    client = make_web_client(slack_settings, timeout=5)
+    t0 = datetime.now(UTC) - timedelta(hours=5)
+    alert_id = f"repeat:{uuid.uuid4().hex[:8]}"
+
+    def event(hours: float) -> OutboundMessage:
+        return OutboundMessage(alert_id, channels[0], f"at +{hours}h", t0 + timedelta(hours=hours))
+
+    first = deliver_batch([event(0)], client, ledger, window=1, pacer=fast_pacer())
+    assert first.delivered == 1
+    within = deliver_batch([event(0.5), event(0)], client, ledger, window=1, pacer=fast_pacer())
+    assert (within.suppressed_repeat, within.already_delivered, within.delivered) == (1, 1, 0)
+    outside = deliver_batch([event(2)], client, ledger, window=1, pacer=fast_pacer())
+    assert outside.delivered == 1
+    texts = [m["text"] for m in sandbox.messages(channels[0])]
+    assert texts == ["at +0h", "at +2h"]
+    assert [r.event_time for r in ledger.lookup(alert_id)] == [
+        t0 + timedelta(hours=2),
+        t0,
+    ]
+
+
+def test_same_alert_twice_in_one_batch_on_two_channels_posts_once(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    t0 = datetime.now(UTC)
+    twins = [OutboundMessage("twin-1", ch, "twin", t0) for ch in channels[:2]]
+    report = deliver_batch(
+        twins, make_web_client(slack_settings), ledger, window=24, pacer=fast_pacer()
+    )
+    assert report.delivered == 1 and report.already_delivered == 1
+    assert held(sandbox) == Counter({"twin-1": 1})
+
+
+# -- rate limits and transient failures -----------------------------------------------------
+
+
+def test_429_bursts_everything_arrives_once(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    # The sandbox allows 2/s per channel with no burst headroom; we pace far too fast on
+    # purpose, and 429 faults come on top. Nothing may be lost or duplicated.
+    sandbox.set_rate_limit(2.0, 1)
+    sandbox.inject_faults(5, "429", methods=["chat.postMessage"])
+    messages = make_messages(channels, per_channel=4)
+    records: list[dict] = []
+    report = deliver_batch(
+        messages,
+        make_web_client(slack_settings, timeout=5),
+        ledger,
+        window=24,
+        on_response=records.append,
+        pacer=ChannelPacer(rate=50.0, burst=10),
+    )
+    assert report.delivered == len(messages)
+    assert report.retries["rate_limited"] >= 5
+    assert sandbox.stats()["http_429"] == report.retries["rate_limited"]
+    assert report.history_calls == 0  # a 429 posted nothing: no need to look
+    assert_exactly_once(sandbox, messages)
+    failed = [r for r in records if not r["ok"]]
+    assert len(failed) == report.retries["rate_limited"]
+    assert {r["error"] for r in failed} == {"ratelimited"} and all(r["slack_date"] for r in failed)
+
+
+def test_server_errors_and_hangs_are_retried_and_arrive_once(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    sandbox.set_rate_limit(None)
+    post = ["chat.postMessage"]
+    sandbox.inject_faults(3, "500", methods=post)
+    # 'respond': stored at once, answer held past our timeout (sent but unconfirmed).
+    sandbox.inject_faults(2, "hang", hang_seconds=2.0, hang_mode="respond", methods=post)
+    # 'close': nothing stored, the connection dropped after a while.
+    sandbox.inject_faults(1, "hang", hang_seconds=0.8, hang_mode="close", methods=post)
+    sandbox.inject_faults(1, "500", methods=["conversations.history"])
+    messages = make_messages(channels, per_channel=3)
+    records: list[dict] = []
+    report = deliver_batch(
+        messages,
+        make_web_client(slack_settings, timeout=0.5),
+        ledger,
+        window=24,
+        on_response=records.append,
+        pacer=fast_pacer(),
+        settle=0.2,
+    )
+    assert sandbox.pending_faults() == []
+    assert report.retries["server_error"] == 4  # 3 posts + 1 history call
+    assert report.retries["timeout"] + report.retries["connection"] == 3
+    assert report.recovered_uncertain == 2  # the two 'respond' hangs were found in history
+    assert report.delivered + report.recovered_uncertain == len(messages)
+    assert_exactly_once(sandbox, messages)
+    errors = Counter(r["error"] for r in records if not r["ok"])
+    assert errors["internal_error"] == 3
+    # One record per post call (failed, or ok with Slack's Date); a history find has no Date.
+    posts = Counter(r["alert_id"] for r in records if not r["ok"] or r["slack_date"])
+    for alert_id in {r["alert_id"] for r in records if not r["ok"]}:
+        (row,) = ledger.lookup(alert_id)
+        # attempts = post calls (a hang found in history needed only its one post)
+        assert row.state == DELIVERED and row.attempts == posts[alert_id]
+
+
+def test_persistent_server_errors_leave_the_message_for_a_later_run(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    sandbox.set_rate_limit(None)
+    sandbox.inject_faults(2, "500", methods=["chat.postMessage"])
+    (message,) = make_messages(channels[:1], per_channel=1)
+    client = make_web_client(slack_settings)
+    with pytest.raises(DeliveryIncompleteError, match="nothing was dropped") as caught:
+        deliver_batch([message], client, ledger, window=24, pacer=fast_pacer(), max_attempts=2)
+    assert caught.value.report.unfinished == 1 and caught.value.report.retries["server_error"] == 2
+    # A 5xx may have posted: the claim is kept (not released) for the next run to check.
+    (row,) = ledger.lookup(message.alert_id)
+    assert (row.state, row.attempts) == ("sending", 2)
+    assert sandbox.messages() == []
+    report = deliver_batch(
+        [message], client, ledger, window=24, pacer=fast_pacer(), lease=timedelta(0)
+    )
+    assert report.delivered == 1 and report.history_calls == 1
+    assert ledger.lookup(message.alert_id)[0].attempts == 3
+    assert_exactly_once(sandbox, [message])
+
+
+# -- crash between the Slack call and the ledger write --------------------------------------
+
+_CRASHING_RUN = r"""
+import json, sys
+from alert_platform.delivery.deliverer import ChannelPacer, deliver_batch
+from alert_platform.delivery.ledger import DeliveryLedger
+from alert_platform.delivery.messages import message_from_value
+from alert_platform.settings import Settings
+from alert_platform.slack.client import make_web_client
+args = json.loads(sys.argv[1])
+spec = args["ledger"]
+ledger = DeliveryLedger(spec["url"], schema=spec["schema"], table_name=spec["table"])
+settings = Settings().with_overrides(slack_api_url=args["api_url"])
+messages = [message_from_value(v) for v in args["messages"]]
+deliver_batch(messages, make_web_client(settings, timeout=5), ledger, window=24,
+              pacer=ChannelPacer(rate=200, burst=50))
+print("finished without crashing")
+"""
+
+
+@pytest.mark.parametrize("ledger_spec", ["sqlite", "postgres"], indirect=True)
+def test_crash_after_post_before_ledger_write_is_recovered_from_slack(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger_spec: dict
+) -> None:
+    sandbox.set_rate_limit(None)
+    messages = make_messages(channels[:2], per_channel=4)
+    victim = messages[4]  # third message of channel 0's lane
+    args = {
+        "ledger": ledger_spec,
+        "api_url": slack_settings.slack_api_url,
+        "messages": [m.to_value() for m in messages],
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASHING_RUN, json.dumps(args)],
+        cwd=REPO,
+        env={**os.environ, CRASH_AFTER_POST_ENV: victim.alert_id},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "finished" not in proc.stdout
+    assert held(sandbox)[victim.alert_id] == 1  # posted ...
+    ledger = _open(ledger_spec, lease=timedelta(seconds=1))
+    (row,) = ledger.lookup(victim.alert_id)
+    assert row.state == "sending" and row.ts is None  # ... but never recorded
+
+    # The re-run waits out the dead run's lease, then finds the post by its nonce.
+    records: list[dict] = []
+    report = deliver_batch(
+        messages,
+        make_web_client(slack_settings, timeout=5),
+        ledger,
+        window=24,
+        on_response=records.append,
+        pacer=fast_pacer(),
+    )
+    assert report.recovered_uncertain >= 1 and report.history_calls >= 1
+    assert report.posted + report.already_delivered == len(messages)
+    assert_exactly_once(sandbox, messages)
+    (row,) = ledger.lookup(victim.alert_id)
+    stored = [m for m in sandbox.messages() if m["metadata"]["event_payload"]["alert_id"]
+              == victim.alert_id]  # fmt: skip
+    assert row.state == DELIVERED and row.ts == stored[0]["ts"]
+    assert any(r["alert_id"] == victim.alert_id and r["ok"] for r in records)
+    ledger.close()
+
+
+# -- permanent failures and auth ------------------------------------------------------------
+
+
+def test_permanent_failures_are_dead_lettered_and_the_rest_delivered(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    sandbox.set_rate_limit(None)
+    good = make_messages(channels[:2], per_channel=2)
+    t0 = datetime.now(UTC)
+    missing = OutboundMessage("dl:missing", "C0DOESNOTEXIST", "to nowhere", t0)
+    too_long_header = [{"type": "header", "text": {"type": "plain_text", "text": "x" * 151}}]
+    bad_blocks = OutboundMessage("dl:blocks", channels[0], "bad", t0, blocks=too_long_header)
+    garbage = SourceRecord("slack-messages", 0, 99, 0, b"dl:garbage", b"{not json")
+    records: list[dict] = []
+    report = deliver_batch(
+        [missing, *good, bad_blocks, garbage],
+        make_web_client(slack_settings),
+        ledger,
+        window=24,
+        on_response=records.append,
+        pacer=fast_pacer(),
+    )
+    assert report.delivered == len(good) and report.dead_lettered == 3
+    letters = {d.alert_id: d for d in report.dead_letters}
+    assert letters["dl:missing"].error == "channel_not_found"
+    assert letters["dl:blocks"].error == "invalid_blocks"
+    assert letters["dl:garbage"].error == UNPARSEABLE
+    assert letters["dl:garbage"].position == "slack-messages:0:99"
+    assert json.loads(letters["dl:missing"].dlq_value())["message"]["text"] == "to nowhere"
+    assert ledger.lookup("dl:missing")[0].state == FAILED_PERMANENT
+    assert ledger.lookup("dl:missing")[0].error == "channel_not_found"
+    assert {r["error"] for r in records if not r["ok"]} == {"channel_not_found", "invalid_blocks"}
+    assert_exactly_once(sandbox, good)
+
+    # After the channel exists, replaying the range retries only the failed alert.
+    sandbox.add_channel("C0DOESNOTEXIST", f"now-exists-{uuid.uuid4().hex[:6]}")
+    replay = deliver_batch(
+        [missing, *good], make_web_client(slack_settings), ledger, window=24, pacer=fast_pacer()
+    )
+    assert (replay.delivered, replay.already_delivered) == (1, len(good))
+    assert ledger.lookup("dl:missing")[0].state == DELIVERED
+
+
+def test_revoked_token_stops_loudly_and_releases_claims(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    sandbox.set_rate_limit(None)
+    messages = make_messages(channels, per_channel=5)
+    client = make_web_client(slack_settings, timeout=5)
+    posted: list[str] = []
+
+    def revoke_after_three(message: OutboundMessage, response: dict) -> None:
+        posted.append(message.alert_id)
+        if len(posted) == 3:
+            sandbox.revoke_token()
+
+    records: list[dict] = []
+    with pytest.raises(SlackAuthError) as caught:
+        deliver_batch(
+            messages,
+            client,
+            ledger,
+            window=24,
+            on_response=records.append,
+            pacer=ChannelPacer(rate=20.0, burst=1),
+            after_post=revoke_after_three,
+        )
+    error = caught.value
+    assert error.error == "token_revoked"
+    assert "SLACK_BOT_TOKEN" in str(error) and slack_settings.slack_bot_token not in str(error)
+    report = error.report
+    in_slack = held(sandbox)
+    # Nothing was posted after the revocation; everything posted is recorded ...
+    assert sum(in_slack.values()) == report.posted == len(posted) >= 3
+    assert all(ledger.lookup(a)[0].state == DELIVERED for a in in_slack)
+    # ... and nothing else holds a claim: the next run can deliver all of it.
+    unposted = [m for m in messages if m.alert_id not in in_slack]
+    assert unposted and all(ledger.lookup(m.alert_id) == [] for m in unposted)
+    assert report.released + report.not_attempted == len(unposted)
+    assert any(r["error"] == "token_revoked" for r in records)
+
+    sandbox.revoke_token(False)  # the token is fixed; the whole range is retried
+    rerun = deliver_batch(messages, client, ledger, window=24, pacer=fast_pacer())
+    assert rerun.delivered == len(unposted) and rerun.already_delivered == len(in_slack)
+    assert_exactly_once(sandbox, messages)
+
+
+def test_wrong_token_posts_nothing_and_names_the_variable(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    secret = "xoxb-not-the-right-token-123"
+    client = make_web_client(slack_settings.with_overrides(slack_bot_token=secret))
+    messages = make_messages(channels, per_channel=2)
+    with pytest.raises(SlackAuthError, match="SLACK_BOT_TOKEN") as caught:
+        deliver_batch(messages, client, ledger, window=24, pacer=fast_pacer())
+    assert caught.value.error == "invalid_auth"
+    assert secret not in str(caught.value) and secret not in repr(caught.value.report)
+    assert sandbox.messages() == []
+    assert ledger.count_by_state() == {}
