@@ -1,7 +1,5 @@
 """Dagster resources: thin, configurable wrappers that hand the core its settings and clients."""
 
-from __future__ import annotations
-
 from dagster import ConfigurableResource
 from dagster_slack import SlackResource
 from pydantic import Field

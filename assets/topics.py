@@ -1,7 +1,5 @@
 """Kafka topics as external assets: the sources and sinks at the edges of the lineage graph."""
 
-from __future__ import annotations
-
 from dagster import AssetKey, AssetSpec
 
 from alert_platform.topics import TOPICS_BY_NAME

@@ -6,13 +6,10 @@ range whose run has not succeeded; consumer-group commits play no part. Run keys
 range is re-launched under ``...#retryN`` until it succeeds.
 """
 
-from __future__ import annotations
-
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from alert_platform.kafka.offsets import low_watermarks, probe_end_offsets
 from dagster import (
     DagsterInstance,
     DagsterRunStatus,
@@ -28,6 +25,7 @@ from dagster import (
 from dagster._core.storage.tags import RUN_KEY_TAG
 
 from alert_platform.kafka.clients import make_consumer
+from alert_platform.kafka.offsets import low_watermarks, probe_end_offsets
 from alert_platform.kafka.tailing import RunState, TailCursor, plan_tick
 from assets.resources import PlatformResource
 

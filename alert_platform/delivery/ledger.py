@@ -39,14 +39,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection, make_url
 
 from alert_platform.delivery.messages import OutboundMessage
+from alert_platform.storage import make_engine
 
 SENDING = "sending"
 DELIVERED = "delivered"
@@ -60,7 +59,6 @@ DEFAULT_TABLE = "delivery_ledger"
 # A live owner refreshes its heartbeat at least every lease/3 (see the deliverer); a 'sending'
 # row older than this is taken to belong to a crashed run.
 DEFAULT_LEASE = timedelta(seconds=60)
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 class ClaimKind(enum.Enum):
@@ -186,7 +184,7 @@ class DeliveryLedger:
         self.url = url
         self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.lease = lease
-        self.engine = self._make_engine(url)
+        self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(
@@ -227,42 +225,6 @@ class DeliveryLedger:
         return f"DeliveryLedger({_redact_url(self.url)!r}, table={self.table.fullname!r})"
 
     # -- engine ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _make_engine(url: str) -> Engine:
-        parsed = make_url(url)
-        if parsed.get_backend_name() != "sqlite":
-            return sa.create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
-        database = parsed.database
-        if database in (None, "", ":memory:"):
-            engine = sa.create_engine(
-                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
-            )
-        else:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(
-                url,
-                pool_size=10,
-                max_overflow=40,
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-            )
-
-        @sa.event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # Let SQLAlchemy's "begin" below issue BEGIN (pysqlite's own would be DEFERRED).
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            if database not in (None, "", ":memory:"):
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.close()
-
-        @sa.event.listens_for(engine, "begin")
-        def _on_begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
 
     def create_tables(self) -> None:
         """Create the schema (PostgreSQL) and table when missing; safe to race."""

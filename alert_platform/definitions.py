@@ -1,0 +1,97 @@
+"""The Dagster definitions of alert-platform: the one module that wires assets/ and sensors/.
+
+Lineage: Kafka topics -> lookup tables -> <pipeline>_alerts -> slack-messages -> Slack
+deliveries -> slack-responses. Every deployment is configured by environment variables (see
+README "Configuration"); the Slack token is always ``EnvVar("SLACK_BOT_TOKEN")``.
+"""
+
+import os
+
+from dagster import (
+    AssetSelection,
+    Definitions,
+    EnvVar,
+    define_asset_job,
+    in_process_executor,
+)
+
+from alert_platform import topics
+from alert_platform.pipelines.registry import PIPELINES
+from alert_platform.settings import Settings
+from assets.alerts import ALERT_ASSETS, HOURLY, alerts_asset_name
+from assets.deliveries import slack_deliveries
+from assets.lookup_tables import TABLE_ASSETS, TABLE_CHECKS
+from assets.resources import PlatformResource, SlackDeliveryResource
+from assets.topics import topic_asset_key, topic_spec
+from sensors.run_failure import ops_run_failure_to_slack
+from sensors.tables import LOOKUP_TABLES_JOB, make_table_refresh_sensor
+from sensors.topic_tail import make_topic_tail_sensor
+
+SLACK_DELIVERY_JOB = "slack_delivery_job"
+
+alert_keys = [asset.key for asset in ALERT_ASSETS.values()]
+source_topics = dict.fromkeys(spec.source_topic for spec in PIPELINES.values())
+
+topic_assets = [
+    *(topic_spec(topic) for topic in source_topics),
+    topic_spec(topics.CSDR_ASSIGNMENT),
+    topic_spec(topics.SLACK_USERS),
+    topic_spec(topics.SLACK_MESSAGES, deps=alert_keys),
+    topic_spec(topics.ALERTS_DLQ, deps=alert_keys),
+    topic_spec(topics.SLACK_RESPONSES, deps=[slack_deliveries.key]),
+    topic_spec(topics.SLACK_MESSAGES_DLQ, deps=[slack_deliveries.key]),
+]
+
+alert_jobs = [
+    define_asset_job(
+        f"{name}_alerts_job",
+        selection=AssetSelection.assets(ALERT_ASSETS[name]),
+        partitions_def=HOURLY,
+        description=f"Enrich `{spec.source_topic}` with pipeline `{name}` into `slack-messages`.",
+    )
+    for name, spec in PIPELINES.items()
+]
+
+tail_sensors = [
+    make_topic_tail_sensor(
+        name=f"{name}_tail",
+        topic=spec.source_topic,
+        job_name=f"{name}_alerts_job",
+        op_name=alerts_asset_name(spec),
+        partitioned=True,
+    )
+    for name, spec in PIPELINES.items()
+]
+
+delivery_sensor = make_topic_tail_sensor(
+    name="slack_delivery_tail",
+    topic=topics.SLACK_MESSAGES,
+    job_name=SLACK_DELIVERY_JOB,
+    op_name=slack_deliveries.key.to_user_string(),
+    partitioned=False,
+    max_records_per_run=2_000,
+)
+
+
+def _slack_api_url() -> str:
+    # Not a secret: a plain value, so deployments without it fall back to the settings default.
+    return os.environ.get("SLACK_API_URL") or Settings().slack_api_url
+
+
+defs = Definitions(
+    assets=[*topic_assets, *TABLE_ASSETS, *ALERT_ASSETS.values(), slack_deliveries],
+    asset_checks=TABLE_CHECKS,
+    jobs=[
+        *alert_jobs,
+        define_asset_job(SLACK_DELIVERY_JOB, selection=AssetSelection.assets(slack_deliveries)),
+        define_asset_job(LOOKUP_TABLES_JOB, selection=AssetSelection.assets(*TABLE_ASSETS)),
+    ],
+    sensors=[*tail_sensors, delivery_sensor, make_table_refresh_sensor(), ops_run_failure_to_slack],
+    resources={
+        "platform": PlatformResource(),
+        "slack": SlackDeliveryResource(token=EnvVar("SLACK_BOT_TOKEN"), base_url=_slack_api_url()),
+    },
+    executor=in_process_executor,
+)
+
+__all__ = ["defs", "topic_asset_key"]

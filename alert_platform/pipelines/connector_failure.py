@@ -1,0 +1,415 @@
+"""Pipeline ``connector_failure``: a connector that failed while provisioning.
+
+Source: ``data-notifications-pipeline``, key = org id, value = a JSON event whose ``data`` is
+an object or a string holding a JSON object, with ``data.labels`` describing the connector.
+
+What is dead-lettered and what is merely dropped:
+
+* Every value is parsed: a tombstone, bytes that are not UTF-8 or not JSON, or a value that is
+  not a JSON object is always a dead letter (stage ``parse``).
+* ``data`` missing or not an object / JSON-object string, ``data.labels`` missing or not an
+  object: dead letter (stage ``parse``) when the event *could* be a provisioning failure, i.e.
+  its text contains ``Provisioning`` (or a ``\\u`` escape, which could spell it). An event that
+  cannot be one is filtered out without a closer look; this is also why ``data`` strings of
+  such events are never parsed (the cheap filter that keeps the engine fast).
+* Events whose ``labels.connector_old_status`` is not ``"Provisioning"`` are filtered out,
+  however incomplete their other labels: we would drop them anyway.
+* A provisioning failure must be complete (stage ``validate``): a key (UTF-8) equal to
+  ``labels.org_id``; the labels ``org_id``, ``env_id``, ``connector_id``, ``connector_name``,
+  ``connector_new_status`` present and strings (the three ids non-empty); ``time`` an RFC 3339
+  timestamp with offset. ``event_time`` is that time normalised to UTC: the de-duplication
+  anchor must come from the event itself, so there is no fallback to the Kafka timestamp.
+* No assignment for the org: no alert (``unmatched``). Assignment but no Slack user for the
+  assignee's email (compared lower-cased), or an empty Slack id: the alert goes to the fallback
+  channel, says who it was meant for and carries ``intended_for`` (``routed_to_fallback``).
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from operator import itemgetter
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from alert_platform.kafka.records import SourceRecord
+from alert_platform.pipelines.spec import (
+    BadRecord,
+    Context,
+    Join,
+    PipelineSpec,
+    Renderer,
+    RenderOptions,
+    Route,
+    SlackMessage,
+    decode_key,
+    from_field,
+    from_row,
+    kind_of,
+    rfc3339_utc,
+)
+from alert_platform.slack.blocks import MESSAGE_TEXT_MAX, URL_MAX, BlockTemplate
+from alert_platform.slack.mrkdwn import escape, escape_truncate
+from alert_platform.topics import NOTIFICATIONS
+
+NAME = "connector_failure"
+ASSIGNMENTS = "csdr_assignments"  # org id -> {"org_id", "csdr_email", "csdr_name", "account_name"}
+SLACK_USERS = "slack_users"  # lower-cased email -> {"email", "slack_user_id", "name"}
+PROVISIONING = "Provisioning"
+ALERT_ID = "{org_id}-{env_id}-{connector_id}-connector-failure"
+
+ID_LABELS = ("org_id", "env_id", "connector_id")
+TEXT_LABELS = ("connector_name", "connector_new_status")
+# Console URL placeholders (values URL-encoded).
+URL_FIELDS = ("org_id", "env_id", "connector_id", "connector_name")
+# Longest assignee name / email quoted in the context line.
+_PERSON_MAX = 200
+_ORG_TEXT_MAX = MESSAGE_TEXT_MAX - len("Connector Failure for Org !")
+_EMPTY = "—"
+
+Parsed = tuple[dict[str, Any], dict[str, Any]]  # (event document, data.labels)
+
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
+
+def parse(record: SourceRecord) -> Parsed:
+    """Decode the value down to ``data.labels``, or raise a :class:`BadRecord`.
+
+    The value must be a JSON object. Past that, problems are reported only for events that
+    could be provisioning failures: an event whose text cannot spell ``Provisioning`` is
+    returned as "not ours" (empty labels, so the filter drops it) without a closer look, which
+    also spares parsing ``data`` strings of the events we drop.
+    """
+    value = record.value
+    if value is None:
+        raise BadRecord("value is null (tombstone)")
+    try:
+        document = _loads(value)
+    except _JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as utf8:
+            raise BadRecord(f"value is not valid UTF-8: {utf8}") from None
+        raise BadRecord(f"value is not valid JSON: {exc}") from None
+    if type(document) is not dict:
+        raise BadRecord(f"value is {kind_of(document)}, expected a JSON object")
+    data = document.get("data")
+    if type(data) is str:
+        if PROVISIONING not in data and "\\u" not in data:
+            return _NOT_OURS
+        try:
+            data = _loads(data)
+        except _JSONDecodeError as exc:
+            raise BadRecord(f"data is a string but not valid JSON: {exc}") from None
+        if type(data) is not dict:
+            raise BadRecord(f"data is a JSON string holding {kind_of(data)}, expected an object")
+    if type(data) is dict:
+        labels = data.get("labels")
+        if type(labels) is dict:
+            return document, labels
+    if not could_be_provisioning(value):
+        return _NOT_OURS
+    if type(data) is not dict:
+        if "data" not in document:
+            raise BadRecord("data missing")
+        raise BadRecord(f"data is {kind_of(data)}, expected an object or a JSON string")
+    if "labels" not in data:
+        raise BadRecord("data.labels missing")
+    raise BadRecord(f"data.labels is {kind_of(data['labels'])}, expected an object")
+
+
+_NOT_OURS: Parsed = ({}, {})
+
+
+def could_be_provisioning(value: bytes) -> bool:
+    """Whether a JSON text could hold the string ``Provisioning`` anywhere: it appears
+    literally, or a ``\\u`` escape could spell it."""
+    return b"Provisioning" in value or b"\\u" in value
+
+
+def keep(parsed: Parsed) -> bool:
+    """Only connectors that failed while provisioning."""
+    return parsed[1].get("connector_old_status") == PROVISIONING
+
+
+def validate(record: SourceRecord, parsed: Parsed) -> dict[str, Any]:
+    """The fields of a provisioning failure, or a :class:`BadRecord` naming what is wrong."""
+    document, labels = parsed
+    key = record.key
+    if key is None:
+        raise BadRecord("record has no key")
+    try:
+        org_id, env_id, connector_id, connector_name, new_status = _required_labels(labels)
+    except KeyError:
+        raise BadRecord(_labels_problem(labels)) from None
+    if not (
+        type(org_id) is str
+        and type(env_id) is str
+        and type(connector_id) is str
+        and type(connector_name) is str
+        and type(new_status) is str
+        and org_id
+        and env_id
+        and connector_id
+    ):
+        raise BadRecord(_labels_problem(labels))
+    if key != org_id.encode():
+        text = decode_key(record)  # a non-UTF-8 key says so
+        raise BadRecord(f"record key {text[:100]!r} does not match labels.org_id {org_id[:100]!r}")
+    event_time, event_epoch = rfc3339_utc(document.get("time"))
+    return {
+        "org_id": org_id,
+        "env_id": env_id,
+        "connector_id": connector_id,
+        "connector_name": connector_name,
+        "connector_old_status": PROVISIONING,
+        "connector_new_status": new_status,
+        "event_time": event_time,
+        "event_epoch": event_epoch,
+    }
+
+
+_required_labels = itemgetter(*ID_LABELS, *TEXT_LABELS)
+
+
+def _labels_problem(labels: Mapping[str, Any]) -> str:
+    for name in (*ID_LABELS, *TEXT_LABELS):
+        problem = _label_problem(labels, name, required=name in ID_LABELS)
+        if problem:
+            return problem
+    raise AssertionError("labels are complete")  # pragma: no cover
+
+
+def _label_problem(labels: Mapping[str, Any], name: str, *, required: bool) -> str:
+    if name not in labels:
+        return f"labels.{name} missing"
+    value = labels[name]
+    if type(value) is not str:
+        return f"labels.{name} is {kind_of(value)}, expected a string"
+    if required and not value:
+        return f"labels.{name} is empty"
+    return ""
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+_NAMES = (
+    "connector_name",
+    "connector_id",
+    "org_id",
+    "env_id",
+    "account_name",
+    "old_status",
+    "new_status",
+    "event_time",
+    "assignee",
+)
+# Built by our code (mentions, date tokens, URLs) and escaped piecewise there.
+_TRUSTED = ("event_time", "assignee")
+
+
+def _mrkdwn(text: str) -> MarkdownTextObject:
+    # verbatim: no auto-linking of URLs or #channel names that appear in event text
+    return MarkdownTextObject(text=text, verbatim=True)
+
+
+def layout(v: Mapping[str, str], *, console_button: bool = False) -> list[Block]:
+    """The message, in slack_sdk models, from already-escaped values."""
+    blocks: list[Block] = [
+        HeaderBlock(
+            text=PlainTextObject(text=f"Connector failure: {v['connector_name']}", emoji=True)
+        ),
+        SectionBlock(
+            text=_mrkdwn(
+                f"Connector *{v['connector_name']}* failed while provisioning"
+                f" for *{v['account_name']}*."
+            ),
+            fields=[
+                _mrkdwn(f"*Organization*\n{v['account_name']} (`{v['org_id']}`)"),
+                _mrkdwn(f"*Environment*\n`{v['env_id']}`"),
+                _mrkdwn(f"*Connector*\n{v['connector_name']} (`{v['connector_id']}`)"),
+                _mrkdwn(f"*Status*\n{v['old_status']} → {v['new_status']}"),
+                _mrkdwn(f"*Event time*\n{v['event_time']}"),
+            ],
+        ),
+        ContextBlock(elements=[_mrkdwn(v["assignee"])]),
+    ]
+    if console_button:
+        blocks.append(
+            ActionsBlock(
+                elements=[
+                    ButtonElement(
+                        text=PlainTextObject(text="Open in console", emoji=True),
+                        url=v["console_url"],
+                        action_id="open_connector_console",
+                    )
+                ]
+            )
+        )
+    return blocks
+
+
+@lru_cache(maxsize=2)
+def _templates() -> tuple[BlockTemplate, BlockTemplate]:
+    plain = BlockTemplate(layout, _NAMES, trusted=_TRUSTED)
+    with_button = BlockTemplate(
+        lambda v: layout(v, console_button=True),
+        (*_NAMES, "console_url"),
+        trusted=(*_TRUSTED, "console_url"),
+    )
+    return plain, with_button
+
+
+def _text(value: Any) -> str:
+    if type(value) is str:
+        return value or _EMPTY
+    return _EMPTY if value is None else str(value)
+
+
+def date_token(epoch: int, iso: str) -> str:
+    """A Slack date shown in the reader's time zone, with the UTC time as fallback text."""
+    return f"<!date^{epoch}^{{date_short_pretty}} at {{time}}|{iso}>"
+
+
+def _person(value: Any) -> str:
+    """A name or email from a lookup row, escaped and kept short."""
+    return escape_truncate(_text(value), _PERSON_MAX)
+
+
+def assignee_line(context: Context) -> str:
+    """Who the alert is for: a mention, or (fallback channel) who it was meant for and why."""
+    assignment = context.rows.get("assignment") or {}
+    name = assignment.get("csdr_name")
+    if type(name) is not str or not name or len(name) > _PERSON_MAX or _needs_escape(name):
+        name = _person(name)
+    if context.intended_for is None:
+        return f"Assigned to <@{escape(context.channel_id)}> ({name})"
+    email = assignment.get("csdr_email")
+    if email:
+        who = f"*{name}* ({_person(email)})"
+        why = "no Slack user is known for that email"
+    else:
+        who = f"*{name}*"
+        why = "the assignment has no email"
+    return f":warning: Meant for {who}, but {why}, so it was posted here."
+
+
+def _needs_escape(text: str) -> bool:
+    return "&" in text or "<" in text or ">" in text
+
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _url_quote(value: str) -> str:
+    return value if _URL_SAFE.fullmatch(value) else quote(value, safe="")
+
+
+def _url_builder(template: str) -> Callable[[Mapping[str, Any]], str]:
+    """``template`` with the URL-encoded fields it names (checked here, once per batch)."""
+    pieces: list[str] = []
+    used: list[str] = []
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        pieces.append(literal.replace("%", "%%"))
+        if name is None:
+            continue
+        if name not in URL_FIELDS or spec or conversion:
+            raise ValueError(
+                f"console URL template {template!r}: {{{name}}} is not allowed; "
+                f"use plain {{name}} with a name from {list(URL_FIELDS)}"
+            )
+        pieces.append("%s")
+        used.append(name)
+    layout = "".join(pieces)
+    if not used:
+        return lambda _fields: template
+    pick = itemgetter(*used) if len(used) > 1 else (lambda fields: (fields[used[0]],))
+    all_safe = _URL_SAFE.fullmatch
+
+    def build(fields: Mapping[str, Any]) -> str:
+        values = pick(fields)
+        if all_safe("".join(values)):  # the usual ids: nothing to encode
+            return layout % values
+        return layout % tuple(map(_url_quote, values))
+
+    return build
+
+
+def make_renderer(options: RenderOptions) -> Renderer:
+    """Compile (once per batch) the renderer for ``options``."""
+    plain, with_button = _templates()
+    build_url = _url_builder(options.console_url_template) if options.console_url_template else None
+    fill_plain, fill_button = plain.fill_seq, with_button.fill_seq
+    message = tuple.__new__  # SlackMessage(...) without the NamedTuple's Python-level __new__
+
+    def render(context: Context) -> SlackMessage:
+        fields = context.fields
+        assignment = context.rows.get("assignment") or {}
+        org_id = fields["org_id"]
+        account = assignment.get("account_name")
+        values = [  # in _NAMES order
+            fields["connector_name"] or _EMPTY,
+            fields["connector_id"],
+            org_id,
+            fields["env_id"],
+            account if type(account) is str and account else _text(account),
+            PROVISIONING,
+            fields["connector_new_status"] or _EMPTY,
+            date_token(fields["event_epoch"], fields["event_time"]),
+            assignee_line(context),
+        ]
+        if len(org_id) > _ORG_TEXT_MAX or _needs_escape(org_id):
+            text = f"Connector Failure for Org {escape_truncate(org_id, _ORG_TEXT_MAX)}!"
+        else:
+            text = f"Connector Failure for Org {org_id}!"
+        if build_url is not None:
+            url = build_url(fields)
+            if len(url) <= URL_MAX:
+                values.append(url)
+                return message(SlackMessage, (text, fill_button(values)))
+        return message(SlackMessage, (text, fill_plain(values)))
+
+    return render
+
+
+CONNECTOR_FAILURE = PipelineSpec(
+    name=NAME,
+    source_topic=NOTIFICATIONS,
+    description="A connector failed while provisioning: tell the org's account-team member.",
+    parse=parse,
+    keep=keep,
+    validate=validate,
+    joins=(
+        Join(table=ASSIGNMENTS, key=from_field("org_id"), kind="inner", as_="assignment"),
+        Join(
+            table=SLACK_USERS,
+            key=from_row("assignment", "csdr_email", normalise=str.lower),
+            kind="left",
+            as_="slack_user",
+        ),
+    ),
+    route=Route(
+        channel=from_row("slack_user", "slack_user_id"),
+        intended_for={
+            "email": from_row("assignment", "csdr_email"),
+            "name": from_row("assignment", "csdr_name"),
+        },
+    ),
+    alert_id=ALERT_ID,
+    make_renderer=make_renderer,
+)

@@ -1,0 +1,295 @@
+"""Declarative pipeline specs: what a pipeline reads, keeps, joins, and how it renders.
+
+A pipeline is a :class:`PipelineSpec` value, run by
+:func:`alert_platform.pipelines.engine.enrich_batch`. The engine is generic; everything
+specific to a kind of alert lives in the spec's functions:
+
+1. ``parse(record) -> event``: structural decoding. Raises :class:`BadRecord` for anything the
+   pipeline cannot even inspect (dead letter, stage ``parse``).
+2. ``keep(event) -> bool``: the filter; events it rejects are counted as ``filtered_out``.
+3. ``validate(record, event) -> fields``: content checks for kept events only, returning the
+   mapping of fields the rest of the spec reads (dead letter, stage ``validate``). Events the
+   filter drops are never dead-lettered for missing content.
+4. ``joins``: lookups in order; an ``inner`` miss drops the event (``unmatched``), a ``left``
+   miss stores ``None`` under the join's name and carries on.
+5. ``route``: the Slack channel (or user id) from the enriched context; when it yields nothing
+   the alert goes to ``RenderOptions.fallback_channel`` with ``intended_for`` attached
+   (``routed_to_fallback``).
+6. ``alert_id`` (a ``str.format`` template over the fields, or a function) and ``event_time``
+   (the field holding the event's RFC 3339 UTC time) identify the alert for de-duplication.
+7. ``make_renderer(options) -> render``: called once per batch (compile templates, check the
+   options; a bad option fails the batch, not every record), then ``render(context) ->
+   SlackMessage`` per alert: the Slack text and Block Kit blocks.
+
+Helpers at the end of this module are shared by parse/validate functions.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+
+import orjson
+
+from alert_platform.kafka.records import SourceRecord
+
+if TYPE_CHECKING:
+    from alert_platform.settings import Settings
+
+DEFAULT_FALLBACK_CHANNEL = "#alerts-unrouted"
+
+
+class BadRecord(Exception):
+    """The record cannot be processed; ``reason`` says precisely why (it becomes the DLQ header)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Lookup(Protocol):
+    """Anything a join can read: a :class:`~alert_platform.tables.lookup.LookupTable`, a dict."""
+
+    def get(self, key: str, /) -> Mapping[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Deployment choices that shape every message of a batch."""
+
+    fallback_channel: str = DEFAULT_FALLBACK_CHANNEL
+    # e.g. "https://console.example/{org_id}/{env_id}/connectors/{connector_id}"; "" = no button
+    console_url_template: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RenderOptions:
+        return cls(
+            fallback_channel=settings.slack_fallback_channel,
+            console_url_template=settings.connector_console_url_template,
+        )
+
+
+class Context:
+    """One event as it moves through a pipeline: record, validated fields, joined rows, route."""
+
+    __slots__ = ("channel_id", "fields", "intended_for", "record", "rows")
+
+    def __init__(self, record: SourceRecord, fields: Mapping[str, Any]) -> None:
+        self.record = record
+        self.fields = fields
+        self.rows: dict[str, Mapping[str, Any] | None] = {}
+        self.channel_id = ""
+        self.intended_for: dict[str, Any] | None = None
+
+    @property
+    def routed_to_fallback(self) -> bool:
+        return self.intended_for is not None
+
+
+class SlackMessage(NamedTuple):
+    """What ``render`` returns: the notification text and the blocks (list or pre-encoded)."""
+
+    text: str
+    blocks: orjson.Fragment | list[dict[str, Any]]
+
+
+KeyFn = Callable[[Context], str | None]
+Renderer = Callable[[Context], SlackMessage]
+
+
+@dataclass(frozen=True)
+class Join:
+    """Look ``key(context)`` up in ``tables[table]``; store the row as ``context.rows[as_]``."""
+
+    table: str
+    key: KeyFn
+    kind: Literal["inner", "left"]
+    as_: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the alert goes. ``channel`` empty or ``None`` means the fallback channel, and then
+    ``intended_for`` (name -> value from the context) records who should have received it."""
+
+    channel: KeyFn
+    intended_for: Mapping[str, KeyFn] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A whole pipeline, declaratively. See the module docstring for the stages."""
+
+    name: str
+    source_topic: str
+    parse: Callable[[SourceRecord], Any]
+    keep: Callable[[Any], bool]
+    validate: Callable[[SourceRecord, Any], Mapping[str, Any]]
+    joins: tuple[Join, ...]
+    route: Route
+    alert_id: str | Callable[[Mapping[str, Any]], str]
+    make_renderer: Callable[[RenderOptions], Renderer]
+    event_time_field: str = "event_time"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        names = [join.as_ for join in self.joins]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: join names must be unique, got {names}")
+
+    def alert_id_of(self, fields: Mapping[str, Any]) -> str:
+        return compile_template(self.alert_id)(fields)
+
+
+def compile_template(
+    template: str | Callable[[Mapping[str, Any]], str],
+) -> Callable[[Mapping[str, Any]], str]:
+    """A fast ``template.format_map`` for plain ``{name}`` templates (functions pass through)."""
+    if not isinstance(template, str):
+        return template
+    pieces: list[str] = []
+    names: list[str] = []
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        pieces.append(literal.replace("%", "%%"))
+        if name is None:
+            continue
+        if spec or conversion or not name.isidentifier():
+            return template.format_map  # anything fancier: let str.format do it
+        pieces.append("%s")
+        names.append(name)
+    if not names:
+        return lambda _fields: template
+    layout = "".join(pieces)
+    if len(names) == 1:
+        only = names[0]
+        return lambda fields: layout % (fields[only],)
+    pick = itemgetter(*names)
+    return lambda fields: layout % pick(fields)
+
+
+# -- key functions for joins and routes -----------------------------------------------------
+
+
+def from_field(name: str, normalise: Callable[[str], str] | None = None) -> KeyFn:
+    """Key function: the validated field ``name`` (optionally normalised)."""
+    if normalise is None:
+        return lambda context: context.fields.get(name)
+    return lambda context: _normalised(context.fields.get(name), normalise)
+
+
+def from_row(join: str, column: str, normalise: Callable[[str], str] | None = None) -> KeyFn:
+    """Key function: ``column`` of the row an earlier join stored as ``join``; ``None`` when
+    that join missed, the column is absent or empty, or holds a non-string."""
+
+    def key(context: Context) -> str | None:
+        row = context.rows.get(join)
+        if row is None:
+            return None
+        value = row.get(column)
+        if not value or not isinstance(value, str):
+            return None
+        return value if normalise is None else normalise(value)
+
+    return key
+
+
+def _normalised(value: Any, normalise: Callable[[str], str]) -> str | None:
+    return normalise(value) if isinstance(value, str) and value else None
+
+
+# -- helpers for parse / validate functions ---------------------------------------------------
+
+
+def kind_of(value: Any) -> str:
+    """A JSON value's kind with its article, for reasons: 'an object', 'a number', 'null'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__
+
+
+def decode_json_object(value: bytes | None, what: str = "value") -> dict[str, Any]:
+    """Parse a record value that must be a JSON object, raising a precise :class:`BadRecord`."""
+    if value is None:
+        raise BadRecord(f"{what} is null (tombstone)")
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as utf8:
+            raise BadRecord(f"{what} is not valid UTF-8: {utf8}") from None
+        raise BadRecord(f"{what} is not valid JSON: {exc}") from None
+    if type(document) is not dict:
+        raise BadRecord(f"{what} is {kind_of(document)}, expected a JSON object")
+    return document
+
+
+def decode_key(record: SourceRecord) -> str:
+    """The record key as text; a null or non-UTF-8 key is a :class:`BadRecord`."""
+    if record.key is None:
+        raise BadRecord("record has no key")
+    try:
+        return record.key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRecord(f"key is not valid UTF-8: {exc}") from None
+
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def parse_rfc3339(value: Any, what: str = "time") -> datetime:
+    """An RFC 3339 timestamp (offset required, fractions beyond microseconds dropped) as an
+    aware datetime; anything else is a :class:`BadRecord` naming ``what``."""
+    if type(value) is not str:
+        if value is None:
+            raise BadRecord(f"{what} missing or null")
+        raise BadRecord(f"{what} is {kind_of(value)}, expected an RFC 3339 string")
+    if _RFC3339.fullmatch(value) is None:
+        raise BadRecord(f"{what} is not an RFC 3339 timestamp: {value[:64]!r}")
+    try:
+        return datetime.fromisoformat(value.upper())
+    except ValueError as exc:
+        raise BadRecord(f"{what} is not a valid timestamp: {value[:64]!r} ({exc})") from None
+
+
+def format_rfc3339(moment: datetime) -> str:
+    """Canonical UTC form: ``2024-05-01T12:34:56Z`` or ``2024-05-01T12:34:56.789000Z``."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+
+
+_UTC_Z = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.\d+)?Z", re.ASCII)
+_fromisoformat = datetime.fromisoformat
+
+
+def rfc3339_utc(value: Any, what: str = "time") -> tuple[str, int]:
+    """``(canonical UTC string, epoch seconds)`` of an RFC 3339 timestamp, as
+    :func:`format_rfc3339` of :func:`parse_rfc3339`, with a fast path for ``...Z`` input."""
+    if type(value) is str and (match := _UTC_Z.fullmatch(value)) is not None:
+        try:
+            moment = _fromisoformat(value)
+        except ValueError:
+            pass  # out-of-range field: the general path words the reason
+        else:
+            micros = moment.microsecond
+            if micros:
+                return f"{match[1]}T{match[2]}.{micros:06d}Z", int(moment.timestamp())
+            return f"{match[1]}T{match[2]}Z", int(moment.timestamp())
+    moment = parse_rfc3339(value, what)
+    return format_rfc3339(moment), int(moment.timestamp())

@@ -1,0 +1,112 @@
+"""Alert assets: one per pipeline spec, hourly-partitioned by source-event time.
+
+A run either reads the exact offset ranges a tail sensor handed it (live), or, with no ranges
+(a backfill launched from the UI or the CLI), re-derives every alert of its partitions' time
+window. Either way its output is the records it produced to ``slack-messages``.
+"""
+
+import os
+
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    Config,
+    HourlyPartitionsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+from pydantic import Field
+
+from alert_platform.backfill import backfill_pipeline
+from alert_platform.kafka.offsets import OffsetRange
+from alert_platform.pipelines.registry import PIPELINES
+from alert_platform.pipelines.runner import EnrichmentReport, run_enrichment
+from alert_platform.pipelines.spec import PipelineSpec
+from alert_platform.run_index import RunIndex
+from assets.lookup_tables import table_asset_key
+from assets.resources import PlatformResource
+from assets.topics import topic_asset_key
+
+GROUP = "alerts"
+PARTITIONS_START = os.environ.get("ALERT_PLATFORM_PARTITIONS_START", "2026-11-01-00:00")
+
+# end_offset=1: the current, still-open hour is a partition too (live runs are filed there).
+HOURLY = HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
+
+
+class OffsetRangeConfig(Config):
+    """``[start, end)`` of one topic partition."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+
+class AlertRunConfig(Config):
+    """Set by the tail sensor; leave empty to backfill the selected partitions' time window."""
+
+    ranges: list[OffsetRangeConfig] = Field(
+        default_factory=list,
+        description="Exact source offset ranges. Empty: re-derive the partition time window.",
+    )
+
+
+def alerts_asset_name(spec: PipelineSpec) -> str:
+    return f"{spec.name}_alerts"
+
+
+def _metadata(report: EnrichmentReport) -> dict[str, object]:
+    figures = report.metadata()
+    return {
+        **{k: v for k, v in figures.items() if isinstance(v, int | float)},
+        "source_ranges": MetadataValue.json(figures["source_ranges"]),
+        "written_ranges": MetadataValue.json(figures["written_ranges"]),
+        "table_rows": MetadataValue.json(figures["table_rows"]),
+    }
+
+
+def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:
+    """The asset that turns ``spec.source_topic`` records into ``slack-messages`` alerts."""
+    tables = dict.fromkeys(join.table for join in spec.joins)
+
+    @asset(
+        name=alerts_asset_name(spec),
+        partitions_def=HOURLY,
+        backfill_policy=BackfillPolicy.single_run(),
+        deps=[topic_asset_key(spec.source_topic), *(table_asset_key(t) for t in tables)],
+        group_name=GROUP,
+        kinds={"kafka", "python"},
+        description=spec.description or f"Alerts of pipeline `{spec.name}`.",
+    )
+    def _alerts(
+        context: AssetExecutionContext, config: AlertRunConfig, platform: PlatformResource
+    ) -> MaterializeResult:
+        settings = platform.settings()
+        index = RunIndex(settings.effective_ledger_url)
+        try:
+            if config.ranges:
+                ranges = [OffsetRange(**r.model_dump()) for r in config.ranges]
+                report = run_enrichment(settings, spec, ranges, run_id=context.run_id, index=index)
+                extra: dict[str, object] = {"mode": "live"}
+            else:
+                window = context.partition_time_window
+                report, ranges, method = backfill_pipeline(
+                    settings, spec, window.start, window.end, run_id=context.run_id, index=index
+                )
+                extra = {
+                    "mode": "backfill",
+                    "window": f"{window.start.isoformat()} .. {window.end.isoformat()}",
+                    "located_by": method,
+                }
+        finally:
+            index.close()
+        context.log.info(f"{spec.name}: {report.counts.as_dict()}")
+        return MaterializeResult(metadata={**_metadata(report), **extra})
+
+    return _alerts
+
+
+ALERT_ASSETS = {name: make_alerts_asset(spec) for name, spec in PIPELINES.items()}
