@@ -85,8 +85,7 @@ class Settings:
             kafka_profile=profile,
             slack_api_url=env.get("SLACK_API_URL") or base.slack_api_url,
             slack_bot_token=env.get("SLACK_BOT_TOKEN") or base.slack_bot_token,
-            slack_fallback_channel=env.get("ALERT_FALLBACK_CHANNEL")
-            or base.slack_fallback_channel,
+            slack_fallback_channel=env.get("ALERT_FALLBACK_CHANNEL") or base.slack_fallback_channel,
             slack_ops_channel=env.get("ALERT_OPS_CHANNEL") or base.slack_ops_channel,
             bigquery_api_endpoint=env.get("BIGQUERY_API_ENDPOINT", base.bigquery_api_endpoint),
             bigquery_project=env.get("BIGQUERY_PROJECT") or base.bigquery_project,

@@ -2,12 +2,16 @@
 
 :func:`deliver_batch` groups messages into one *lane* per channel (order kept within a
 channel) and runs the lanes concurrently on a thread pool, so one channel's 429 or slow
-answer never holds up another. Per message:
+answer never holds up another. Each lane first resolves where it is addressed to a
+conversation id (:mod:`alert_platform.delivery.channels`: a user id -> its DM, a name ->
+``conversations.list``; cached per batch), so the ledger row records the id, the posts go
+to it, and ``conversations.history`` (which takes ids only) can be asked about it by any later
+run. A reference that cannot be resolved is dead-lettered (``channel_not_found``). Per message:
 
 1. ``ledger.claim`` (see :mod:`alert_platform.delivery.ledger`): ``DUPLICATE`` -> skip
    (``already_delivered`` / ``suppressed_repeat``); ``IN_FLIGHT`` -> wait for the lease, claim
    again; ``UNCERTAIN`` -> look for the claim's nonce in ``conversations.history`` first.
-2. Pace: a per-channel token bucket just under Slack's ~1 msg/s per channel.
+2. Pace: a per-conversation token bucket just under Slack's ~1 msg/s per channel.
 3. ``chat.postMessage`` with ``metadata`` carrying the alert id and the claim's nonce.
 4. Outcome (see :mod:`alert_platform.delivery.responses`):
    ok -> ``mark_delivered``; 429 -> wait ``Retry-After`` on that channel only, retry;
@@ -34,13 +38,19 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from alert_platform.delivery.channels import (
+    ChannelResolver,
+    RefusedCall,
+    Unresolvable,
+    is_conversation_id,
+)
 from alert_platform.delivery.ledger import (
     ALREADY_DELIVERED,
     Claim,
@@ -191,6 +201,7 @@ class DeliveryReport:
     not_attempted: int = 0
     post_calls: int = 0
     history_calls: int = 0
+    resolve_calls: int = 0  # conversations.open / conversations.list
     retries: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RETRY_CAUSES, 0))
     elapsed: float = 0.0
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -219,6 +230,7 @@ class DeliveryReport:
             "not_attempted": self.not_attempted,
             "post_calls": self.post_calls,
             "history_calls": self.history_calls,
+            "resolve_calls": self.resolve_calls,
             "retries": dict(self.retries),
             "elapsed": round(self.elapsed, 3),
             "stopped_by": self.stopped_by,
@@ -305,7 +317,7 @@ class _Batch:
         self.report = DeliveryReport()
         self._counts: Counter[str] = Counter()
         self._retries: Counter[str] = Counter()
-        self._channel_ids: dict[str, str] = {}
+        self.resolver = ChannelResolver(self._resolver_call)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -367,6 +379,7 @@ class _Batch:
             "not_attempted",
             "post_calls",
             "history_calls",
+            "resolve_calls",
         ):
             setattr(report, name, self._counts[name])
         report.retries = {cause: self._retries[cause] for cause in RETRY_CAUSES}
@@ -393,16 +406,81 @@ class _Batch:
         delay = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(0, failures - 1)))
         return delay / 2 + random.random() * delay / 2
 
+    # -- reads (history, channel resolution) -----------------------------------------------
+
+    def _read(
+        self,
+        fn: Callable[..., Any],
+        params: dict[str, Any],
+        *,
+        counter: str,
+        claim: Claim | None = None,
+    ) -> _CallResult:
+        """One call that changes nothing in Slack (safe to repeat), retried here: 429 waits
+        ``Retry-After``, other transient failures back off (at most ``max_attempts``, then
+        :class:`_GiveUp`). Returns an OK or PERMANENT result; an auth error stops the batch
+        (:class:`_Stop`). ``claim`` (if any) keeps its heartbeat while waiting."""
+        failures = 0
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            self._count(counter)
+            call = _call(fn, **params)
+            if call.outcome in (Outcome.OK, Outcome.PERMANENT):
+                return call
+            code = error_code(call.outcome, call.status, call.error)
+            if call.outcome is Outcome.FATAL_AUTH:
+                self._fatal(code)
+                raise _Stop
+            self._retry(call.outcome)
+            if call.outcome is Outcome.RATE_LIMITED:
+                self._sleep(retry_after_seconds(call.headers, 1.0), claim)
+                continue
+            failures += 1
+            if failures >= self.max_attempts:
+                LOG.warning("%s: %d transient failures (%s); giving up for this run",
+                            counter, failures, code)  # fmt: skip
+                raise _GiveUp
+            self._sleep(self._backoff(failures), claim)
+
+    def _resolver_call(self, method: str, **params: Any) -> dict[str, Any]:
+        """The channel resolver's Web API calls (``conversations.open`` / ``.list``)."""
+        fn = getattr(self.client, method.replace(".", "_"))
+        call = self._read(fn, params, counter="resolve_calls")
+        if call.outcome is not Outcome.OK:
+            raise RefusedCall(error_code(call.outcome, call.status, call.error))
+        return call.data or {}
+
     # -- lanes -----------------------------------------------------------------------------
 
     def run_lane(self, messages: list[OutboundMessage]) -> None:
+        lane = messages[0].channel_id
+        try:
+            target = self._resolve(lane)
+        except _Stop:
+            for message in messages:
+                self._result(AlertResult(message.alert_id, "not_attempted"))
+            return
+        except _GiveUp:
+            LOG.warning("channel %s could not be looked up in Slack; its %d alert(s) are left "
+                        "for a later run", lane, len(messages))  # fmt: skip
+            for message in messages:
+                self._result(
+                    AlertResult(message.alert_id, "unfinished", error="channel_lookup_failed")
+                )
+            return
+        except BaseException:
+            self.stop.set()
+            for message in messages:
+                self._result(AlertResult(message.alert_id, "not_attempted"))
+            raise
         for index, message in enumerate(messages):
             if self.stop.is_set():
                 for rest in messages[index:]:
                     self._result(AlertResult(rest.alert_id, "not_attempted"))
                 return
             try:
-                self.deliver_one(message)
+                self.deliver_one(message, target)
             except BaseException:
                 # An unexpected error (the ledger is down, a bug): stop every lane now; each
                 # releases what it holds and the error is raised once all lanes have stopped.
@@ -410,6 +488,15 @@ class _Batch:
                 for rest in messages[index + 1 :]:
                     self._result(AlertResult(rest.alert_id, "not_attempted"))
                 raise
+
+    def _resolve(self, lane: str) -> str | Unresolvable:
+        """The lane's conversation id, or why there is none (its alerts are dead-lettered)."""
+        try:
+            return self.resolver.resolve(lane)
+        except Unresolvable as exc:
+            LOG.warning("channel %s cannot be resolved (%s): its alerts are dead-lettered",
+                        lane, exc.detail)  # fmt: skip
+            return exc
 
     def _claim(self, message: OutboundMessage) -> Claim | None:
         """Claim, waiting out another worker's live claim; ``None`` when it stays held."""
@@ -427,9 +514,15 @@ class _Batch:
             self._sleep(delay)
             waited += delay
 
-    def deliver_one(self, message: OutboundMessage) -> None:
+    def deliver_one(self, message: OutboundMessage, target: str | Unresolvable) -> None:
+        """Deliver one message of a lane resolved to ``target`` (a conversation id, or why
+        the lane has none)."""
+        resolved = isinstance(target, str)
+        claimed = message
+        if resolved and target != message.channel_id:
+            claimed = replace(message, channel_id=target)  # the row records the id
         try:
-            claim = self._claim(message)
+            claim = self._claim(claimed)
         except _Stop:
             self._result(AlertResult(message.alert_id, "not_attempted"))
             return
@@ -444,12 +537,16 @@ class _Batch:
             self._result(AlertResult(message.alert_id, status, row.channel, row.ts, row.attempts))
             return
         state = _MessageState(claim, attempts=claim.attempts)
+        state.target = target if isinstance(target, str) else None
         # The post (if any) happened after the claim: look from claimed_at (less skew).
         state.check_since = claim.claimed_at - HISTORY_MARGIN
         if claim.kind is ClaimKind.UNCERTAIN:
             state.maybe_posted = True
         try:
-            self._post_until_done(message, state)
+            if isinstance(target, Unresolvable):
+                self._unresolvable(message, state, target)
+            else:
+                self._post_until_done(message, state)
         except (_Stop, _LostClaim, _GiveUp) as exc:
             self._abandon(message, state, lost=isinstance(exc, _LostClaim))
         except BaseException:
@@ -469,9 +566,22 @@ class _Batch:
 
     # -- the core loop ---------------------------------------------------------------------
 
+    def _unresolvable(
+        self, message: OutboundMessage, state: _MessageState, problem: Unresolvable
+    ) -> None:
+        """The lane has no conversation now: dead-letter the message, unless an earlier run
+        already posted it (an uncertain claim: look where that run posted)."""
+        if state.maybe_posted and self._recover(message, state):
+            return
+        state.maybe_posted = False
+        self._record(message, ok=False, channel=message.channel_id, ts=None,
+                     error=problem.error, attempts=state.attempts, date=None)  # fmt: skip
+        self._dead_letter(message, state, problem.error, detail=problem.detail)
+
     def _post_until_done(self, message: OutboundMessage, state: _MessageState) -> None:
         claim = state.claim
-        lane = message.channel_id
+        lane = state.target
+        assert lane is not None
         failures = 0
         while True:
             if self.stop.is_set():
@@ -490,7 +600,7 @@ class _Batch:
             # From here until Slack says otherwise, the message may be in Slack: any failure
             # (even of the ledger write after an ok) must keep the row, never release it.
             state.maybe_posted = True
-            call = self._post(message, claim)
+            call = self._post(message, claim, lane)
             refused = call.exception is not None and _is_refused(call.exception)
             if (not call.outcome.maybe_posted and call.outcome is not Outcome.OK) or refused:
                 state.maybe_posted = False  # 429, permanent, auth, refused: nothing posted
@@ -502,7 +612,6 @@ class _Batch:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if self.after_post is not None:
                     self.after_post(message, data)
-                self._channel_ids[lane] = channel
                 if not self.ledger.mark_delivered(claim, channel, ts, attempts=state.attempts):
                     LOG.warning("alert %s: posted, but its ledger row was no longer 'sending' "
                                 "(another run took it over)", message.alert_id)  # fmt: skip
@@ -539,10 +648,10 @@ class _Batch:
                 delay = max(delay, self.settle)  # let a slow request land before checking
             self._sleep(delay, claim)
 
-    def _post(self, message: OutboundMessage, claim: Claim) -> _CallResult:
+    def _post(self, message: OutboundMessage, claim: Claim, channel: str) -> _CallResult:
         self._count("post_calls")
         kwargs: dict[str, Any] = {
-            "channel": message.channel_id,
+            "channel": channel,
             "text": message.text,
             "unfurl_links": False,
             "unfurl_media": False,
@@ -565,9 +674,11 @@ class _Batch:
                 self.auth_error = code
         self.stop.set()
 
-    def _dead_letter(self, message: OutboundMessage, state: _MessageState, code: str) -> None:
+    def _dead_letter(
+        self, message: OutboundMessage, state: _MessageState, code: str, *, detail: str = ""
+    ) -> None:
         self.ledger.mark_failed(state.claim, code, attempts=state.attempts)
-        letter = DeadLetter.for_message(message, code, attempts=state.attempts)
+        letter = DeadLetter.for_message(message, code, detail=detail, attempts=state.attempts)
         self._result(
             AlertResult(message.alert_id, "dead_lettered", message.channel_id, None,
                         state.attempts, code),
@@ -589,20 +700,25 @@ class _Batch:
                                  state.attempts))  # fmt: skip
         return True
 
+    @staticmethod
+    def _history_channel(state: _MessageState) -> str | None:
+        """Where an earlier send went: the claim row's channel when it is a conversation id
+        (rows record the resolved id), else this run's resolution of the lane."""
+        row_channel = state.claim.row.channel
+        return row_channel if is_conversation_id(row_channel) else state.target
+
     def _find_in_history(
         self, message: OutboundMessage, state: _MessageState
     ) -> tuple[str, str] | None:
-        lane = message.channel_id
-        channel = self._channel_ids.get(lane) or (state.claim.row.channel or lane)
+        channel = self._history_channel(state)
+        if channel is None:
+            return None  # nowhere to look (and nowhere it could have been posted)
         since = state.check_since or (state.claim.claimed_at - HISTORY_MARGIN)
         oldest = f"{max(0.0, since.timestamp()):.6f}"
         nonce = state.claim.nonce
         event_time = format_rfc3339(message.event_time)
         cursor: str | None = None
-        failures = 0
         while True:
-            if self.stop.is_set():
-                raise _Stop
             kwargs: dict[str, Any] = {
                 "channel": channel,
                 "oldest": oldest,
@@ -611,24 +727,13 @@ class _Batch:
             }
             if cursor:
                 kwargs["cursor"] = cursor
-            self._count("history_calls")
-            call = _call(self.client.conversations_history, **kwargs)
-            if call.outcome is Outcome.FATAL_AUTH:
-                self._fatal(error_code(call.outcome, call.status, call.error))
-                raise _Stop
+            call = self._read(
+                self.client.conversations_history, kwargs, counter="history_calls",
+                claim=state.claim,
+            )  # fmt: skip
             if call.outcome is Outcome.PERMANENT:
                 # e.g. channel_not_found: it cannot hold the message; the post will tell.
                 return None
-            if call.outcome is not Outcome.OK:
-                self._retry(call.outcome)
-                failures += 1
-                if failures >= self.max_attempts:
-                    raise _GiveUp
-                if call.outcome is Outcome.RATE_LIMITED:
-                    self._sleep(retry_after_seconds(call.headers, 1.0), state.claim)
-                else:
-                    self._sleep(self._backoff(failures), state.claim)
-                continue
             data = call.data or {}
             for item in data.get("messages") or ():
                 payload = ((item.get("metadata") or {}).get("event_payload")) or {}
@@ -657,6 +762,7 @@ class _MessageState:
     attempts: int = 0
     maybe_posted: bool = False
     check_since: datetime | None = None
+    target: str | None = None  # the lane's conversation id (None: unresolvable)
 
 
 # -- entry point ----------------------------------------------------------------------------

@@ -152,7 +152,8 @@ def _print_banner(settings: Settings, dagster_home: Path) -> None:
         f"  Dagster UI         http://127.0.0.1:{settings.dagster_port}",
         f"  Slack sandbox      {sandbox_root}/  (delivered alerts)",
         f"  Kafka              {settings.bootstrap_servers}",
-        f"  BigQuery emulator  {settings.bigquery_api_endpoint}  (project {settings.bigquery_project})",
+        f"  BigQuery emulator  {settings.bigquery_api_endpoint}"
+        f"  (project {settings.bigquery_project})",
         f"  State              {settings.data_dir.resolve()}  (DAGSTER_HOME={dagster_home})",
         "Press Ctrl-C to stop everything.",
         "",

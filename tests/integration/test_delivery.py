@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from alert_platform.delivery.channels import ChannelResolver
 from alert_platform.delivery.deliverer import (
     CRASH_AFTER_POST_ENV,
     METADATA_EVENT_TYPE,
@@ -109,6 +110,25 @@ def ledger(ledger_spec: dict) -> Iterator[DeliveryLedger]:
     opened = _open(ledger_spec)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def users(sandbox: SandboxControl) -> list[str]:
+    """Two fresh workspace members (alerts to them go to their DM, ``D`` + the rest)."""
+    stem = uuid.uuid4().hex[:8].upper()
+    ids = [f"U{stem}{i}" for i in range(2)]
+    for i, user_id in enumerate(ids):
+        sandbox.add_user(user_id, f"user-{stem.lower()}-{i}@example.com", f"User {stem} {i}")
+    return ids
+
+
+def dm_of(user_id: str) -> str:
+    return "D" + user_id[1:]  # the sandbox's DM id for a user
+
+
+def name_of(channel_id: str) -> str:
+    """The name the ``channels`` fixture gave ``C<stem><i>``: ``t-<stem>-<i>``."""
+    return f"t-{channel_id[1:-1].lower()}-{channel_id[-1]}"
 
 
 def make_messages(channels: list[str], per_channel: int, tag: str = "") -> list[OutboundMessage]:
@@ -394,6 +414,219 @@ def test_crash_after_post_before_ledger_write_is_recovered_from_slack(
     assert row.state == DELIVERED and row.ts == stored[0]["ts"]
     assert any(r["alert_id"] == victim.alert_id and r["ok"] for r in records)
     ledger.close()
+
+
+# -- destinations given as a user id or a channel name ---------------------------------------
+# conversations.history takes a conversation id only (as in Slack): the deliverer resolves a
+# user id (its DM) and a channel name first, records the id, and posts to it.
+
+
+@pytest.mark.parametrize("destination", ["dm", "fallback_name"])
+def test_crash_after_post_to_a_dm_or_a_channel_name_is_recovered_once(
+    slack_settings: Settings,
+    sandbox: SandboxControl,
+    channels: list[str],
+    users: list[str],
+    ledger_spec: dict,
+    destination: str,
+) -> None:
+    sandbox.set_rate_limit(None)
+    lane, conversation = {
+        "dm": (users[0], dm_of(users[0])),
+        "fallback_name": ("#alerts-unrouted", "C0UNROUTED"),
+    }[destination]
+    messages = make_messages([lane, channels[0]], per_channel=3)
+    victim = messages[2]  # second message of the DM / named lane
+    assert victim.channel_id == lane
+    args = {
+        "ledger": ledger_spec,
+        "api_url": slack_settings.slack_api_url,
+        "messages": [m.to_value() for m in messages],
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASHING_RUN, json.dumps(args)],
+        cwd=REPO,
+        env={**os.environ, CRASH_AFTER_POST_ENV: victim.alert_id},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert held(sandbox)[victim.alert_id] == 1
+    ledger = _open(ledger_spec, lease=timedelta(seconds=1))
+    (row,) = ledger.lookup(victim.alert_id)
+    # Never recorded as delivered, but the claim already names the conversation id.
+    assert (row.state, row.ts, row.channel) == ("sending", None, conversation)
+
+    # A fresh run in this process (nothing learned from the dead run's posts).
+    report = deliver_batch(
+        messages, make_web_client(slack_settings, timeout=5), ledger, window=24,
+        pacer=fast_pacer(),
+    )  # fmt: skip
+    # (the other lane may have had a send in flight too when the process was killed)
+    assert report.recovered_uncertain >= 1 and report.history_calls >= 1
+    assert report.posted + report.already_delivered == len(messages)
+    (result,) = [r for r in report.results if r.alert_id == victim.alert_id]
+    assert (result.status, result.channel) == ("recovered_uncertain", conversation)
+    assert_exactly_once(sandbox, messages)
+    assert sandbox.stats()["errors"].get("channel_not_found", 0) == 0
+    for message in messages:
+        (row,) = ledger.lookup(message.alert_id)
+        assert row.state == DELIVERED
+        assert row.channel == (conversation if message.channel_id == lane else channels[0])
+    assert {m["channel"] for m in sandbox.messages()} == {conversation, channels[0]}
+    ledger.close()
+
+
+def test_unknown_user_or_name_is_dead_lettered_and_the_rest_delivered(
+    slack_settings: Settings,
+    sandbox: SandboxControl,
+    channels: list[str],
+    users: list[str],
+    ledger: DeliveryLedger,
+) -> None:
+    sandbox.set_rate_limit(None)
+    stem = uuid.uuid4().hex[:8]
+    nobody, no_name = f"U0NOBODY{stem.upper()}", f"no-such-{stem}"
+    good = make_messages([users[0], "#alerts-ops", name_of(channels[1]), channels[2]], 2)
+    t0 = datetime.now(UTC)
+    bad = [
+        OutboundMessage("dl:user", nobody, "to nobody", t0),
+        OutboundMessage("dl:hash-name", f"#{no_name}", "to no channel", t0),
+        OutboundMessage("dl:bare-name", no_name, "to no channel either", t0),
+    ]
+    records: list[dict] = []
+    client = make_web_client(slack_settings)
+    report = deliver_batch(
+        [*bad, *good], client, ledger, window=24, on_response=records.append, pacer=fast_pacer()
+    )
+    assert report.delivered == len(good) and report.dead_lettered == len(bad)
+    assert_exactly_once(sandbox, good)
+    letters = {d.alert_id: d for d in report.dead_letters}
+    assert {a: d.error for a, d in letters.items()} == dict.fromkeys(
+        ["dl:user", "dl:hash-name", "dl:bare-name"], "channel_not_found"
+    )
+    assert letters["dl:user"].detail == "conversations.open: user_not_found"
+    assert letters["dl:hash-name"].detail == f"no channel named #{no_name}"
+    assert letters["dl:user"].channel == nobody  # the DLQ shows what the alert was addressed to
+    for message in bad:
+        (row,) = ledger.lookup(message.alert_id)
+        assert (row.state, row.error, row.attempts) == (FAILED_PERMANENT, "channel_not_found", 0)
+    failed = {r["alert_id"]: r for r in records if not r["ok"]}
+    assert set(failed) == {m.alert_id for m in bad}
+    assert {r["error"] for r in failed.values()} == {"channel_not_found"}
+    assert report.post_calls == len(good)  # nothing was sent to the unresolvable lanes
+    assert report.history_calls == 0
+
+    # Once the member and the channel exist, replaying the range delivers just those.
+    sandbox.add_user(nobody, f"nobody-{stem}@example.com", "Nobody")
+    sandbox.add_channel(f"C0NOW{stem.upper()}", no_name)
+    replay = deliver_batch([*bad, *good], client, ledger, window=24, pacer=fast_pacer())
+    assert (replay.delivered, replay.already_delivered) == (len(bad), len(good))
+    assert ledger.lookup("dl:user")[0].channel == dm_of(nobody)
+    assert ledger.lookup("dl:bare-name")[0].channel == f"C0NOW{stem.upper()}"
+    assert_exactly_once(sandbox, [*bad, *good])
+
+
+def test_names_are_listed_once_per_batch_and_users_opened_once(
+    slack_settings: Settings,
+    sandbox: SandboxControl,
+    channels: list[str],
+    users: list[str],
+    ledger: DeliveryLedger,
+) -> None:
+    sandbox.set_rate_limit(None)
+    lanes = [
+        "#alerts-ops", "alerts-unrouted", f"#{name_of(channels[0])}", name_of(channels[1]),
+        channels[2], users[0], users[1],
+    ]  # fmt: skip
+    expected = ["C0OPS", "C0UNROUTED", channels[0], channels[1], channels[2],
+                dm_of(users[0]), dm_of(users[1])]  # fmt: skip
+    messages = make_messages(lanes, per_channel=3)
+    client = make_web_client(slack_settings, timeout=5)
+    report = deliver_batch(messages, client, ledger, window=24, pacer=fast_pacer())
+    assert report.delivered == len(messages)
+    assert_exactly_once(sandbox, messages)
+    calls = sandbox.stats()["calls_by_method"]
+    assert calls.get("conversations.list") == 1  # one listing for the four named lanes
+    assert calls.get("conversations.open") == 2  # one per user, not per message
+    assert report.resolve_calls == 3
+    where = dict(zip(lanes, expected, strict=True))
+    for message in messages:
+        (row,) = ledger.lookup(message.alert_id)
+        assert row.channel == where[message.channel_id]  # the id, recorded at claim time
+    stored = {m["metadata"]["event_payload"]["alert_id"]: m["channel"] for m in sandbox.messages()}
+    assert stored == {m.alert_id: where[m.channel_id] for m in messages}
+
+    # The cache lives for one batch: the next batch lists again (channels may be renamed).
+    more = make_messages(lanes[:2], per_channel=1)
+    deliver_batch(more, client, ledger, window=24, pacer=fast_pacer())
+    assert sandbox.stats()["calls_by_method"]["conversations.list"] == 2
+
+
+def test_resolver_follows_conversations_list_pages(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str]
+) -> None:
+    client = make_web_client(slack_settings, timeout=5)
+
+    def call(method: str, **params: object) -> dict:
+        return getattr(client, method.replace(".", "_"))(**params).data
+
+    resolver = ChannelResolver(call, page_size=2)
+    names = resolver.name_map()
+    assert names["alerts-unrouted"] == "C0UNROUTED"
+    assert all(names[name_of(c)] == c for c in channels)
+    pages = sandbox.stats()["calls_by_method"]["conversations.list"]
+    assert pages == -(-len(names) // 2) >= 3  # every page, two names each
+    assert resolver.resolve(f"#{name_of(channels[3])}") == channels[3]
+    assert sandbox.stats()["calls_by_method"]["conversations.list"] == pages  # cached
+
+
+def test_transient_lookup_failures_are_retried_or_leave_the_lane_for_later(
+    slack_settings: Settings,
+    sandbox: SandboxControl,
+    channels: list[str],
+    users: list[str],
+    ledger: DeliveryLedger,
+) -> None:
+    sandbox.set_rate_limit(None)
+    sandbox.inject_faults(2, "500", methods=["conversations.list"])
+    sandbox.inject_faults(1, "429", methods=["conversations.open"])
+    messages = make_messages(["#alerts-ops", users[0], channels[0]], per_channel=2)
+    client = make_web_client(slack_settings, timeout=5)
+    report = deliver_batch(messages, client, ledger, window=24, pacer=fast_pacer())
+    assert report.delivered == len(messages)
+    assert (report.retries["server_error"], report.retries["rate_limited"]) == (2, 1)
+    assert_exactly_once(sandbox, messages)
+
+    # conversations.open keeps failing: that lane is left (nothing claimed), the rest goes.
+    sandbox.reset()
+    sandbox.set_rate_limit(None)
+    sandbox.inject_faults(2, "500", methods=["conversations.open"])
+    later = make_messages([users[1], channels[1]], per_channel=2)
+    with pytest.raises(DeliveryIncompleteError) as caught:
+        deliver_batch(later, client, ledger, window=24, pacer=fast_pacer(), max_attempts=2)
+    left = caught.value.report
+    assert (left.delivered, left.unfinished) == (2, 2)
+    assert {r.error for r in left.results if r.status == "unfinished"} == {"channel_lookup_failed"}
+    assert all(ledger.lookup(m.alert_id) == [] for m in later if m.channel_id == users[1])
+    rerun = deliver_batch(later, client, ledger, window=24, pacer=fast_pacer())
+    assert (rerun.delivered, rerun.already_delivered) == (2, 2)
+    assert_exactly_once(sandbox, later)
+
+
+def test_revoked_token_during_lookup_stops_before_anything_is_claimed(
+    slack_settings: Settings, sandbox: SandboxControl, users: list[str], ledger: DeliveryLedger
+) -> None:
+    sandbox.revoke_token()
+    messages = make_messages(["#alerts-ops", users[0]], per_channel=2)
+    with pytest.raises(SlackAuthError) as caught:
+        deliver_batch(
+            messages, make_web_client(slack_settings), ledger, window=24, pacer=fast_pacer()
+        )
+    assert caught.value.error == "token_revoked"
+    assert caught.value.report.not_attempted == len(messages)
+    assert sandbox.messages() == [] and ledger.count_by_state() == {}
 
 
 # -- permanent failures and auth ------------------------------------------------------------

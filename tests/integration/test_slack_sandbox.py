@@ -414,6 +414,69 @@ def test_history_newest_first_with_metadata_and_pagination(
     assert missing.response["error"] == "channel_not_found"
 
 
+def test_conversations_list_types_and_cursor_pagination(
+    client: WebClient, control: SandboxControl
+) -> None:
+    for i in range(5):
+        control.add_channel(f"C1PAGE{i}", f"page-{i}")
+    control.add_channel("G1SECRET", "#secret-ops")
+    dm = client.conversations_open(users=ALICE["id"])["channel"]["id"]
+
+    public = client.conversations_list()["channels"]  # default types: public_channel
+    assert "G1SECRET" not in {c["id"] for c in public}
+    ops = next(c for c in public if c["id"] == "C0OPS")
+    assert ops["name"] == "alerts-ops" and ops["is_channel"] and not ops["is_private"]
+
+    seen: list[dict[str, Any]] = []
+    cursor, pages = "", 0
+    while True:
+        page = client.conversations_list(
+            types="public_channel,private_channel", limit=2, cursor=cursor or None,
+            exclude_archived=True,
+        )  # fmt: skip
+        assert len(page["channels"]) <= 2
+        seen.extend(page["channels"])
+        pages += 1
+        cursor = page["response_metadata"]["next_cursor"]
+        if not cursor:
+            break
+    names = {c["name"]: c["id"] for c in seen}
+    assert len(seen) == len(names) == 8 and pages == 4  # 2 defaults + 5 + 1 private
+    assert names["secret-ops"] == "G1SECRET" and names["page-4"] == "C1PAGE4"
+    assert next(c for c in seen if c["id"] == "G1SECRET")["is_private"] is True
+    assert [c["id"] for c in seen] == sorted(c["id"] for c in seen)
+
+    ims = client.conversations_list(types="im")["channels"]
+    assert [(c["id"], c["user"], c["is_im"]) for c in ims] == [(dm, ALICE["id"], True)]
+
+    bad_types = slack_error(client.conversations_list, types="public_channel,bogus")
+    assert bad_types.response["error"] == "invalid_types"
+    bad_cursor = slack_error(client.conversations_list, cursor="not-a-cursor")
+    assert bad_cursor.response["error"] == "invalid_cursor"
+    assert control.stats()["calls_by_method"]["conversations.list"] == 1 + pages + 1 + 2
+
+
+@pytest.mark.parametrize("ref", ["#alerts-ops", "alerts-ops", ALICE["id"]])
+def test_reads_and_edits_take_conversation_ids_only(
+    client: WebClient, control: SandboxControl, ref: str
+) -> None:
+    # As in Slack: chat.postMessage accepts a #name, a bare name or a user id, but
+    # conversations.history / .replies and chat.update need the conversation's id.
+    posted = client.chat_postMessage(channel=ref, text="by reference")
+    channel_id = posted["channel"]
+    assert channel_id == ("C0OPS" if "alerts-ops" in ref else "D" + ALICE["id"][1:])
+    for call, extra in (
+        (client.conversations_history, {}),
+        (client.conversations_replies, {"ts": posted["ts"]}),
+        (client.chat_update, {"ts": posted["ts"], "text": "edited"}),
+    ):
+        error = slack_error(call, channel=ref, **extra)
+        assert error.response["error"] == "channel_not_found", call
+        assert call(channel=channel_id, **extra)["ok"] is True
+    history = client.conversations_history(channel=channel_id)["messages"]
+    assert [m["text"] for m in history] == ["edited"]
+
+
 def test_users_lookup_by_email_is_case_insensitive(client: WebClient) -> None:
     for email in ("alice.smith@example.com", "ALICE.SMITH@EXAMPLE.COM", ALICE["email"]):
         assert client.users_lookupByEmail(email=email)["user"]["id"] == ALICE["id"]

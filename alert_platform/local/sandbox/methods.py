@@ -16,6 +16,7 @@ from alert_platform.local.sandbox.state import (
     BOT_USER_ID,
     TEAM_ID,
     TEAM_NAME,
+    Channel,
     Message,
     SandboxState,
     ts_to_micros,
@@ -33,6 +34,8 @@ MAX_HEADER_TEXT = 150
 MAX_CONTEXT_ELEMENTS = 10
 MAX_ACTIONS_ELEMENTS = 25
 MAX_HISTORY_LIMIT = 999
+MAX_LIST_LIMIT = 999  # Slack: "must be an integer under 1000"
+CONVERSATION_TYPES = frozenset({"public_channel", "private_channel", "mpim", "im"})
 FAR_FUTURE_MICROS = 2**62
 
 
@@ -123,12 +126,19 @@ def _encode_cursor(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _decode_cursor(cursor: str, prefix: str) -> int:
+def _decode_cursor_text(cursor: str, prefix: str) -> str:
     try:
         text = base64.b64decode(cursor.encode(), validate=True).decode()
-        if not text.startswith(prefix):
-            raise ValueError(text)
-        return int(text[len(prefix) :])
+    except ValueError:
+        raise SlackError("invalid_cursor") from None
+    if not text.startswith(prefix) or len(text) == len(prefix):
+        raise SlackError("invalid_cursor")
+    return text[len(prefix) :]
+
+
+def _decode_cursor(cursor: str, prefix: str) -> int:
+    try:
+        return int(_decode_cursor_text(cursor, prefix))
     except ValueError:
         raise SlackError("invalid_cursor") from None
 
@@ -250,6 +260,7 @@ class SlackApi:
             "auth.test": self.auth_test,
             "chat.postMessage": self.chat_post_message,
             "chat.update": self.chat_update,
+            "conversations.list": self.conversations_list,
             "conversations.open": self.conversations_open,
             "conversations.history": self.conversations_history,
             "conversations.replies": self.conversations_replies,
@@ -343,7 +354,7 @@ class SlackApi:
         return _ok(channel=channel.id, ts=posted.ts, message=message)
 
     def chat_update(self, params: dict[str, Any]) -> ApiResult:
-        channel = self.state.find_channel(_str(params, "channel") or "", allow_user=False)
+        channel = self._conversation(params)
         if channel is None:
             raise SlackError("channel_not_found")
         ts = _str(params, "ts")
@@ -364,7 +375,7 @@ class SlackApi:
         else:
             users = [u.strip() for u in (_str(params, "users") or "").split(",") if u.strip()]
         if not users:
-            existing = self.state.find_channel(_str(params, "channel") or "", allow_user=False)
+            existing = self._conversation(params)
             if existing is not None and existing.id[0] in "DG" and not existing.name:
                 return _ok(no_op=True, already_open=True, channel={"id": existing.id})
             if params.get("channel"):
@@ -382,13 +393,45 @@ class SlackApi:
             body.update(is_im=channel.is_im, is_mpim=channel.is_mpim, user=channel.user)
         return _ok(no_op=existed, already_open=existed, channel=body)
 
+    def _conversation(self, params: dict[str, Any]) -> Channel | None:
+        """The conversation named by ``channel`` as its id only (C/G/D...): Slack answers
+        ``channel_not_found`` for a ``#name`` or a user id outside ``chat.postMessage``."""
+        return self.state.find_channel(
+            _str(params, "channel") or "", allow_user=False, allow_name=False
+        )
+
+    def conversations_list(self, params: dict[str, Any]) -> ApiResult:
+        """Conversations of ``types`` (default ``public_channel``) ordered by id, ``limit``
+        per page (default 100, at most 999) with an opaque ``next_cursor`` ("" at the end).
+
+        ``exclude_archived`` is accepted; nothing is archived in the sandbox.
+        """
+        raw_types = _str(params, "types") or "public_channel"
+        types = frozenset(t.strip() for t in raw_types.split(",") if t.strip())
+        if not types or not types <= CONVERSATION_TYPES:
+            raise SlackError("invalid_types")
+        limit = _int(params, "limit", 100)
+        limit = 100 if limit <= 0 else min(limit, MAX_LIST_LIMIT)
+        cursor = _str(params, "cursor")
+        found = self.state.conversations(types)
+        start = 0
+        if cursor:
+            after = _decode_cursor_text(cursor, "channel:")
+            start = bisect.bisect_left(found, after, key=lambda c: c.id)
+        page = found[start : start + limit]
+        rest = found[start + limit :]
+        next_cursor = _encode_cursor(f"channel:{rest[0].id}") if rest else ""
+        with self.state.lock:
+            channels = [c.to_slack() for c in page]
+        return _ok(channels=channels, response_metadata={"next_cursor": next_cursor})
+
     def conversations_history(self, params: dict[str, Any]) -> ApiResult:
         """Newest first within ``(oldest, latest)``; thread replies only via ``.replies``.
 
         Every message is the app's own, so its ``metadata`` is always included (Slack returns
         the calling app's metadata by default; ``include_all_metadata`` adds other apps').
         """
-        channel = self.state.find_channel(_str(params, "channel") or "", allow_user=False)
+        channel = self._conversation(params)
         if channel is None:
             raise SlackError("channel_not_found")
         limit = _int(params, "limit", 100)
@@ -433,7 +476,7 @@ class SlackApi:
         return out[:limit], len(out) > limit
 
     def conversations_replies(self, params: dict[str, Any]) -> ApiResult:
-        channel = self.state.find_channel(_str(params, "channel") or "", allow_user=False)
+        channel = self._conversation(params)
         if channel is None:
             raise SlackError("channel_not_found")
         ts = _str(params, "ts") or ""

@@ -91,6 +91,53 @@ class Channel:
     def is_mpim(self) -> bool:
         return self.id.startswith("G") and bool(self.members)
 
+    @property
+    def is_private(self) -> bool:
+        """A named ``G...`` channel: a private channel (legacy group id)."""
+        return self.id.startswith("G") and bool(self.name)
+
+    @property
+    def kind(self) -> str:
+        """The ``conversations.list`` type: public_channel, private_channel, mpim or im."""
+        if self.is_im:
+            return "im"
+        if self.is_mpim:
+            return "mpim"
+        return "private_channel" if self.is_private else "public_channel"
+
+    def to_slack(self) -> dict[str, Any]:
+        """The conversation object as ``conversations.list`` returns it (the bot is a member
+        of every channel; nothing is archived in the sandbox)."""
+        if self.is_im:
+            return {
+                "id": self.id,
+                "created": 0,
+                "is_im": True,
+                "is_org_shared": False,
+                "user": self.user,
+                "is_user_deleted": False,
+                "priority": 0,
+            }
+        name = self.name or "mpdm-" + "--".join(self.members) + "-1"
+        return {
+            "id": self.id,
+            "name": name,
+            "name_normalized": name,
+            "is_channel": self.kind == "public_channel",
+            "is_group": self.kind == "private_channel",
+            "is_im": False,
+            "is_mpim": self.is_mpim,
+            "is_private": self.kind != "public_channel",
+            "is_archived": False,
+            "is_general": False,
+            "is_shared": False,
+            "is_org_shared": False,
+            "is_member": True,
+            "created": 0,
+            "creator": BOT_USER_ID,
+            "num_members": len(self.members) if self.members else 1,
+        }
+
 
 @dataclass
 class Message:
@@ -307,19 +354,33 @@ class SandboxState:
                 self.channels[channel_id] = channel
             return channel
 
-    def find_channel(self, ref: str, *, allow_user: bool) -> Channel | None:
-        """Resolve a channel id, ``#name``/``name`` or (``allow_user``) a user id to a channel."""
+    def find_channel(
+        self, ref: str, *, allow_user: bool, allow_name: bool = True
+    ) -> Channel | None:
+        """Resolve a channel id, (``allow_name``) a ``#name``/``name`` or (``allow_user``) a
+        user id to a channel.
+
+        As in Slack: ``chat.postMessage`` takes all three; the methods that read or change a
+        conversation (``conversations.history``/``.replies``, ``chat.update``) take only its
+        id and answer ``channel_not_found`` for a name or a user id.
+        """
         ref = ref.strip()
         if not ref:
             return None
         if ref.startswith("#"):
-            return self.channels_by_name.get(ref[1:])
+            return self.channels_by_name.get(ref[1:]) if allow_name else None
         channel = self.channels.get(ref)
         if channel is not None:
             return channel
         if allow_user and ref[0] in "UW" and ref in self.users:
             return self.open_dm(ref)
-        return self.channels_by_name.get(ref)
+        return self.channels_by_name.get(ref) if allow_name else None
+
+    def conversations(self, types: frozenset[str]) -> list[Channel]:
+        """Conversations of the given ``conversations.list`` types, ordered by id."""
+        with self.lock:
+            found = [c for c in self.channels.values() if c.kind in types]
+        return sorted(found, key=lambda c: c.id)
 
     def channel_label(self, channel_id: str) -> str:
         """Human label: ``#name``, ``DM with Name`` or the bare id."""
