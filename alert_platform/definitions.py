@@ -5,8 +5,6 @@ deliveries -> slack-responses. Every deployment is configured by environment var
 README "Configuration"); the Slack token is always ``EnvVar("SLACK_BOT_TOKEN")``.
 """
 
-import os
-
 from dagster import (
     AssetSelection,
     Definitions,
@@ -17,8 +15,7 @@ from dagster import (
 
 from alert_platform import topics
 from alert_platform.pipelines.registry import PIPELINES
-from alert_platform.settings import Settings
-from assets.alerts import ALERT_ASSETS, HOURLY, alerts_asset_name
+from assets.alerts import ALERT_ASSETS, alerts_asset_name
 from assets.deliveries import slack_deliveries
 from assets.lookup_tables import TABLE_ASSETS, TABLE_CHECKS
 from assets.resources import PlatformResource, SlackDeliveryResource
@@ -46,7 +43,6 @@ alert_jobs = [
     define_asset_job(
         f"{name}_alerts_job",
         selection=AssetSelection.assets(ALERT_ASSETS[name]),
-        partitions_def=HOURLY,
         description=f"Enrich `{spec.source_topic}` with pipeline `{name}` into `slack-messages`.",
     )
     for name, spec in PIPELINES.items()
@@ -73,11 +69,6 @@ delivery_sensor = make_topic_tail_sensor(
 )
 
 
-def _slack_api_url() -> str:
-    # Not a secret: a plain value, so deployments without it fall back to the settings default.
-    return os.environ.get("SLACK_API_URL") or Settings().slack_api_url
-
-
 defs = Definitions(
     assets=[*topic_assets, *TABLE_ASSETS, *ALERT_ASSETS.values(), slack_deliveries],
     asset_checks=TABLE_CHECKS,
@@ -89,7 +80,7 @@ defs = Definitions(
     sensors=[*tail_sensors, delivery_sensor, make_table_refresh_sensor(), ops_run_failure_to_slack],
     resources={
         "platform": PlatformResource(),
-        "slack": SlackDeliveryResource(token=EnvVar("SLACK_BOT_TOKEN"), base_url=_slack_api_url()),
+        "slack": SlackDeliveryResource(token=EnvVar("SLACK_BOT_TOKEN")),
     },
     executor=in_process_executor,
 )

@@ -89,12 +89,14 @@ def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:
         try:
             if config.ranges:
                 ranges = [OffsetRange(**r.model_dump()) for r in config.ranges]
-                report = run_enrichment(settings, spec, ranges, run_id=context.run_id, index=index)
+                report = run_enrichment(
+                    settings, spec, ranges, run_id=context.run.run_id, index=index
+                )
                 extra: dict[str, object] = {"mode": "live"}
             else:
                 window = context.partition_time_window
                 report, ranges, method = backfill_pipeline(
-                    settings, spec, window.start, window.end, run_id=context.run_id, index=index
+                    settings, spec, window.start, window.end, run_id=context.run.run_id, index=index
                 )
                 extra = {
                     "mode": "backfill",

@@ -49,12 +49,13 @@ class SlackDeliveryResource(SlackResource):
     """
 
     base_url: str = Field(
-        default="https://slack.com/api/", description="Slack Web API base URL (SLACK_API_URL)"
+        default="", description="Slack Web API base URL; empty: SLACK_API_URL or the default"
     )
     timeout_seconds: int = Field(default=10, description="Per-request timeout")
 
     def get_client(self) -> WebClient:
-        settings = Settings.from_env().with_overrides(
-            slack_api_url=self.base_url, slack_bot_token=self.token
+        settings = Settings.from_env()
+        settings = settings.with_overrides(
+            slack_api_url=self.base_url or settings.slack_api_url, slack_bot_token=self.token
         )
         return make_web_client(settings, timeout=self.timeout_seconds)

@@ -171,7 +171,9 @@ def run_dev(settings: Settings, *, demo_events: int = 20, ui_timeout_s: float = 
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    # Explicit handlers: a process started in the background may inherit SIGINT as ignored.
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     stack = LocalStack(settings)
     dagster: subprocess.Popen[bytes] | None = None
     try:
