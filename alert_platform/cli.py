@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 # Extra command modules, each with `register(subparsers)`; imported when the parser is built.
-COMMAND_MODULES: tuple[str, ...] = ("alert_platform.commands.dev",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "alert_platform.commands.dev",
+    "alert_platform.commands.demo",
+)
 
 
 class CommandError(RuntimeError):
