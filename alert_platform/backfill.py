@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -22,6 +22,35 @@ from alert_platform.run_index import RunIndex
 from alert_platform.settings import Settings
 
 _FAR_FUTURE_MS = 10 * 365 * 86_400_000
+# Hourly partition keys of the alert assets (UTC), as `sensors.topic_tail` files live runs.
+PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:00"
+_HOUR = timedelta(hours=1)
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO 8601 date or date-time as an aware UTC datetime; without an offset it is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 date or date-time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def hour_partition_keys(start: datetime, end: datetime) -> list[str]:
+    """The hourly partition keys (UTC) whose hours overlap ``[start, end)``, in order."""
+    hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    keys = []
+    while hour < end:
+        keys.append(hour.strftime(PARTITION_KEY_FORMAT))
+        hour += _HOUR
+    return keys
+
+
+def partition_key_start(key: str) -> datetime:
+    """The UTC start of an hourly partition key."""
+    return datetime.strptime(key, PARTITION_KEY_FORMAT).replace(tzinfo=UTC)
 
 
 def offsets_for_times_is_reliable(

@@ -33,6 +33,8 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 COMMAND_MODULES: tuple[str, ...] = (
     "alert_platform.commands.dev",
     "alert_platform.commands.demo",
+    "alert_platform.commands.backfill",
+    "alert_platform.commands.explain",
 )
 
 

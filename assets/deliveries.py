@@ -60,7 +60,10 @@ def slack_deliveries(
 ) -> MaterializeResult:
     ranges = [OffsetRange(**r.model_dump()) for r in config.ranges]
     try:
-        report = run_delivery(platform.settings(), slack.get_client(), ranges)
+        # The run id owns the ledger claims: `alert-platform explain` names the delivering run.
+        report = run_delivery(
+            platform.settings(), slack.get_client(), ranges, owner=context.run.run_id
+        )
     except SlackAuthError as exc:
         raise Failure(
             description=f"{exc} Nothing more was posted; this range is retried once fixed.",

@@ -67,15 +67,20 @@ def run_delivery(
     ranges: Sequence[OffsetRange],
     *,
     ledger: DeliveryLedger | None = None,
+    owner: str | None = None,
     **deliver_options: Any,
 ) -> DeliveryRunReport:
-    """Deliver the alerts in ``ranges`` exactly once; raise what ``deliver_batch`` raises."""
+    """Deliver the alerts in ``ranges`` exactly once; raise what ``deliver_batch`` raises.
+
+    ``owner`` names this run's ledger claims (the Dagster run id, so ``explain`` can say which
+    run delivered an alert); it applies when no ``ledger`` is passed (default: a fresh id).
+    """
     started = time.monotonic()
     report = DeliveryRunReport(list(ranges))
     records = read_messages(settings, ranges)
     report.records_read = len(records)
     own_ledger = ledger is None
-    ledger = ledger or DeliveryLedger(settings.effective_ledger_url)
+    ledger = ledger or DeliveryLedger(settings.effective_ledger_url, owner=owner)
     out = BatchProducer(make_producer(settings))
 
     def on_response(record: dict[str, Any]) -> None:

@@ -1,0 +1,394 @@
+"""``alert-platform backfill``: re-derive the alerts of a time window.
+
+Default: submit a Dagster *asset backfill* of the ``<pipeline>_alerts`` assets over the hourly
+partitions covering ``[--start, --end)``, exactly what the UI's backfill dialog launches
+(Assets -> ``<pipeline>_alerts`` -> Materialize -> partitions -> Launch backfill), to the
+instance in DAGSTER_HOME; the daemon (``make dev`` runs one) executes it. Each backfill run has
+no ``ranges`` config, so the asset re-derives its partitions' time window
+(:func:`alert_platform.backfill.backfill_pipeline`).
+
+``--local`` runs the same re-derivation in this process, without Dagster, over the exact window
+given; ``--deliver`` then also posts what it produced (the delivery ledger keeps it exactly
+once, whoever delivers later).
+
+Dagster is imported lazily, inside the functions that talk to an instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alert_platform.cli import CommandError, add_data_dir_argument, load_settings
+from alert_platform.settings import Settings
+
+BACKFILL_TAG = "alert-platform/backfill"
+WINDOW_TAG = "alert-platform/window"
+
+
+def _instant(text: str) -> datetime:
+    from alert_platform.backfill import parse_instant
+
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def selected_pipelines(name: str) -> list[str]:
+    """``all`` -> every pipeline, else the one named (``CommandError`` if unknown)."""
+    from alert_platform.pipelines.registry import PIPELINES
+
+    if name == "all":
+        return list(PIPELINES)
+    if name not in PIPELINES:
+        raise CommandError(f"unknown pipeline {name!r}; known: all, {', '.join(PIPELINES)}")
+    return [name]
+
+
+def asset_names(pipelines: Sequence[str]) -> list[str]:
+    return [f"{name}_alerts" for name in pipelines]
+
+
+def resolve_dagster_home(settings: Settings, explicit: Path | None) -> Path | None:
+    """``--dagster-home``, else $DAGSTER_HOME, else ``<data dir>/dagster`` when `make dev`
+    prepared it (it holds a dagster.yaml); ``None`` when there is none."""
+    if explicit is not None:
+        return explicit.resolve()
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"]).resolve()
+    candidate = (settings.data_dir / "dagster").resolve()
+    return candidate if (candidate / "dagster.yaml").is_file() else None
+
+
+@contextmanager
+def _quiet_dagster() -> Iterator[None]:
+    """Loading the definitions warns about beta parameters; not news to a CLI user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is currently in beta")
+        yield
+
+
+def check_partition_keys(keys: Sequence[str]) -> None:
+    """Every key must be a partition of the alert assets (from the first partition up to the
+    current, still-open hour)."""
+    with _quiet_dagster():
+        from assets.alerts import HOURLY, PARTITIONS_START
+
+    valid = HOURLY.get_partition_keys()
+    known = set(valid)
+    missing = [key for key in keys if key not in known]
+    if missing:
+        span = f"{valid[0]} .. {valid[-1]}" if valid else "none yet"
+        raise CommandError(
+            f"{len(missing)} hour(s) are not partitions of the alert assets (first partition "
+            f"{PARTITIONS_START}, last = the current hour; valid now: {span}): "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+
+
+def submit_asset_backfill(
+    dagster_home: Path,
+    assets: Sequence[str],
+    keys: Sequence[str],
+    *,
+    title: str | None = None,
+    description: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> tuple[str, bool | None]:
+    """Add an asset backfill of ``assets`` over ``keys`` to the instance in ``dagster_home``,
+    as the UI's "Launch backfill" does; ``(backfill id, backfill daemon healthy?)``."""
+    from dagster import AssetKey, DagsterInstance
+    from dagster._core.definitions.utils import is_valid_title
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+    from dagster._time import get_current_timestamp
+
+    with _quiet_dagster():
+        from alert_platform.definitions import defs
+
+    if not (dagster_home / "dagster.yaml").is_file():
+        raise CommandError(
+            f"no Dagster instance at {dagster_home} (no dagster.yaml): start `make dev`, or "
+            "set DAGSTER_HOME / --dagster-home to the instance the daemon uses"
+        )
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        backfill = PartitionBackfill.from_asset_partitions(
+            backfill_id=make_new_backfill_id(),
+            asset_graph=defs.resolve_asset_graph(),
+            partition_names=list(keys),
+            asset_selection=[AssetKey(name) for name in assets],
+            backfill_timestamp=get_current_timestamp(),
+            tags=dict(tags or {}),
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title=title if title and is_valid_title(title) else None,
+            description=description,
+            run_config=None,  # no `ranges`: each run re-derives its partitions' window
+        )
+        instance.add_backfill(backfill)
+        return backfill.backfill_id, _backfill_daemon_healthy(instance)
+
+
+def _backfill_daemon_healthy(instance: Any) -> bool | None:
+    try:
+        status = instance.get_daemon_statuses(["BACKFILL"]).get("BACKFILL")
+    except Exception:
+        return None
+    return None if status is None else bool(status.healthy)
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def _handle(args: argparse.Namespace) -> int:
+    start, end = args.start, args.end
+    if start >= end:
+        raise CommandError(f"--start {start.isoformat()} must be before --end {end.isoformat()}")
+    if args.deliver and not args.local:
+        raise CommandError("--deliver applies to --local only (Dagster delivers by itself)")
+    settings = load_settings(args)
+    pipelines = selected_pipelines(args.pipeline)
+    if args.local:
+        return _local(settings, pipelines, start, end, args)
+    return _dagster(settings, pipelines, start, end, args)
+
+
+def _dagster(
+    settings: Settings,
+    pipelines: list[str],
+    start: datetime,
+    end: datetime,
+    args: argparse.Namespace,
+) -> int:
+    from alert_platform.backfill import hour_partition_keys
+
+    keys = hour_partition_keys(start, end)
+    check_partition_keys(keys)
+    assets = asset_names(pipelines)
+    home = resolve_dagster_home(settings, args.dagster_home)
+    window = f"{start.isoformat()} .. {end.isoformat()}"
+    summary: dict[str, Any] = {
+        "assets": assets,
+        "partition_keys": keys,
+        "window": window,
+        "dagster_home": str(home) if home else None,
+    }
+    if args.dry_run:
+        if args.json:
+            print(json.dumps({"dry_run": True, **summary}, indent=2))
+            return 0
+        print(f"Would launch a Dagster asset backfill of {', '.join(assets)}")
+        print(f"  window {window} -> {len(keys)} hourly partition(s) (whole hours):")
+        for key in keys:
+            print(f"    {key}")
+        print(f"  instance: {home or 'none found (set DAGSTER_HOME or start `make dev`)'}")
+        return 0
+    if home is None:
+        raise CommandError(
+            "no Dagster instance: set DAGSTER_HOME (or --dagster-home) to the instance the "
+            "daemon uses (`make dev`: <data dir>/dagster), or run with --local"
+        )
+    tags = {BACKFILL_TAG: "cli", WINDOW_TAG: f"{keys[0]}..{keys[-1]}"}
+    backfill_id, healthy = submit_asset_backfill(
+        home,
+        assets,
+        keys,
+        title=f"alert-platform backfill {keys[0]} to {keys[-1]}",
+        description=f"alert-platform backfill --start {start.isoformat()} --end {end.isoformat()}",
+        tags=tags,
+    )
+    summary.update(backfill_id=backfill_id, backfill_daemon_healthy=healthy)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"Launched Dagster backfill {backfill_id} of {', '.join(assets)}")
+    print(f"  {len(keys)} hourly partition(s): {', '.join(keys)}")
+    print(f"  instance: {home}")
+    print(f"  watch it: http://127.0.0.1:{settings.dagster_port}/runs/b/{backfill_id}")
+    if healthy is False:
+        print(
+            "  note: no healthy backfill daemon heartbeat on this instance; the backfill starts "
+            "once the Dagster daemon runs (`make dev`), or use --local"
+        )
+    return 0
+
+
+def _local(
+    settings: Settings,
+    pipelines: list[str],
+    start: datetime,
+    end: datetime,
+    args: argparse.Namespace,
+) -> int:
+    from alert_platform import topics
+    from alert_platform.kafka.offsets import OffsetError
+    from alert_platform.run_index import RunIndex
+
+    window = f"{start.isoformat()} .. {end.isoformat()}"
+    results: list[dict[str, Any]] = []
+    written = []
+    run_id = f"cli-backfill-{uuid.uuid4().hex[:12]}"
+    index = RunIndex(settings.effective_ledger_url)
+    try:
+        for name in pipelines:
+            result, produced = _local_pipeline(settings, name, start, end, args, index, run_id)
+            results.append(result)
+            written.extend(produced)
+    except OffsetError as exc:
+        raise CommandError(
+            f"cannot read the source topic: {exc} (is KAFKA_BOOTSTRAP_SERVERS right, and the "
+            "topic created? `alert-platform topics create`)"
+        ) from exc
+    finally:
+        index.close()
+    delivery = _deliver(settings, written, run_id) if args.deliver and written else None
+
+    if args.json:
+        payload = {"window": window, "dry_run": args.dry_run, "pipelines": results}
+        if delivery is not None:
+            payload["delivery"] = delivery
+        print(json.dumps(payload, indent=2))
+        return 0
+    verb = "Would re-derive" if args.dry_run else "Re-derived"
+    print(f"{verb} window {window} in this process (no Dagster)")
+    for result in results:
+        ranges = result["source_ranges"]
+        print(f"  {result['pipeline']}: located by {result['located_by']}, {len(ranges)} range(s)")
+        for rng in ranges:
+            print(f"    {rng}")
+        if not args.dry_run:
+            counts = ", ".join(
+                f"{k} {result[k]}"
+                for k in (
+                    "read",
+                    "outside_window",
+                    "alerts",
+                    "routed_to_fallback",
+                    "filtered_out",
+                    "unmatched",
+                    "dead_lettered",
+                )
+            )
+            print(f"    {counts}")
+    if delivery is not None:
+        print("  delivery: " + ", ".join(f"{k} {v}" for k, v in delivery.items()))
+    elif not args.dry_run and written:
+        print(
+            f"  alerts were produced to {topics.SLACK_MESSAGES}; the delivery sensor posts them "
+            "(already-delivered ones are skipped), or re-run with --deliver"
+        )
+    return 0
+
+
+def _local_pipeline(
+    settings: Settings,
+    name: str,
+    start: datetime,
+    end: datetime,
+    args: argparse.Namespace,
+    index: Any,
+    run_id: str,
+) -> tuple[dict[str, Any], list[Any]]:
+    """One pipeline's local backfill (or, dry, its located ranges): its figures, and the
+    ``slack-messages`` ranges it wrote."""
+    from alert_platform import topics
+    from alert_platform.backfill import backfill_pipeline, locate_window
+    from alert_platform.pipelines.registry import PIPELINES
+
+    spec = PIPELINES[name]
+    if args.dry_run:
+        start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+        ranges, method = locate_window(settings, spec.source_topic, start_ms, end_ms, index)
+        located = {
+            "pipeline": name,
+            "located_by": method,
+            "source_ranges": [str(r) for r in ranges],
+        }
+        return located, []
+    report, ranges, method = backfill_pipeline(
+        settings, spec, start, end, run_id=run_id, index=index
+    )
+    result = {
+        "pipeline": name,
+        "located_by": method,
+        "source_ranges": [str(r) for r in ranges],
+        **report.counts.as_dict(),
+        "outside_window": report.outside_window,
+        "written_ranges": [str(r) for r in report.written],
+        "elapsed_s": round(report.elapsed_s, 3),
+    }
+    return result, [r for r in report.written if r.topic == topics.SLACK_MESSAGES]
+
+
+def _deliver(settings: Settings, ranges: list[Any], run_id: str) -> dict[str, Any]:
+    from alert_platform.delivery.deliverer import DeliveryIncompleteError, SlackAuthError
+    from alert_platform.delivery.runner import run_delivery
+    from alert_platform.slack.client import make_web_client
+
+    try:
+        report = run_delivery(settings, make_web_client(settings), ranges, owner=run_id)
+    except (SlackAuthError, DeliveryIncompleteError) as exc:
+        raise CommandError(f"delivery failed: {exc}") from exc
+    summary = report.delivery.summary() if report.delivery else {}
+    keys = ("delivered", "already_delivered", "suppressed_repeat", "dead_lettered")
+    return {k: summary.get(k, 0) for k in keys}
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "backfill",
+        help="re-derive the alerts of a time window (Dagster asset backfill, or --local)",
+        description=(
+            "Re-derive the alerts of source events timestamped in [--start, --end) and produce "
+            "them to slack-messages again; delivery skips every alert already posted, so a "
+            "backfill only fills gaps. By default this submits a Dagster asset backfill of the "
+            "<pipeline>_alerts assets over the hourly partitions covering the window (whole "
+            "hours), to the instance in DAGSTER_HOME, as the UI's backfill dialog does; the "
+            "Dagster daemon runs it. --local runs it in this process over the exact window."
+        ),
+    )
+    add_data_dir_argument(parser)
+    parser.add_argument(
+        "--start",
+        required=True,
+        type=_instant,
+        metavar="ISO",
+        help="window start, ISO 8601 (UTC when no offset), e.g. 2026-11-24T20:00",
+    )
+    parser.add_argument(
+        "--end", required=True, type=_instant, metavar="ISO", help="window end (exclusive)"
+    )
+    parser.add_argument(
+        "--pipeline", default="all", metavar="NAME", help="a pipeline name, or all (default)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would be launched; launch nothing"
+    )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="run the backfill in this process, without Dagster, and print its counts",
+    )
+    parser.add_argument(
+        "--deliver",
+        action="store_true",
+        help="with --local: also post the re-derived alerts now (exactly once, via the ledger)",
+    )
+    parser.add_argument(
+        "--dagster-home",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Dagster instance directory (default $DAGSTER_HOME, else <data dir>/dagster)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=_handle)
