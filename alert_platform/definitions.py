@@ -18,6 +18,12 @@ from alert_platform.pipelines.registry import PIPELINES
 from assets.alerts import ALERT_ASSETS, alerts_asset_name
 from assets.deliveries import slack_deliveries
 from assets.lookup_tables import TABLE_ASSETS, TABLE_CHECKS
+from assets.onboarding import (
+    onboarding_producer_job,
+    onboarding_producer_schedule,
+    onboarding_started_events,
+    warehouse_accounts,
+)
 from assets.resources import PlatformResource, SlackDeliveryResource
 from assets.topics import topic_asset_key, topic_spec
 from sensors.run_failure import ops_run_failure_to_slack
@@ -27,10 +33,12 @@ from sensors.topic_tail import make_topic_tail_sensor
 SLACK_DELIVERY_JOB = "slack_delivery_job"
 
 alert_keys = [asset.key for asset in ALERT_ASSETS.values()]
-source_topics = dict.fromkeys(spec.source_topic for spec in PIPELINES.values())
+# Source topics written by an asset of ours: drawn as that asset's downstream.
+topic_writers = {topics.ONBOARDING_EVENTS: [onboarding_started_events.key]}
+source_topics = dict.fromkeys([*(spec.source_topic for spec in PIPELINES.values()), *topic_writers])
 
 topic_assets = [
-    *(topic_spec(topic) for topic in source_topics),
+    *(topic_spec(topic, deps=topic_writers.get(topic)) for topic in source_topics),
     topic_spec(topics.CSDR_ASSIGNMENT),
     topic_spec(topics.SLACK_USERS),
     topic_spec(topics.SLACK_MESSAGES, deps=alert_keys),
@@ -70,13 +78,22 @@ delivery_sensor = make_topic_tail_sensor(
 
 
 defs = Definitions(
-    assets=[*topic_assets, *TABLE_ASSETS, *ALERT_ASSETS.values(), slack_deliveries],
+    assets=[
+        *topic_assets,
+        *TABLE_ASSETS,
+        *ALERT_ASSETS.values(),
+        slack_deliveries,
+        warehouse_accounts,
+        onboarding_started_events,
+    ],
     asset_checks=TABLE_CHECKS,
     jobs=[
         *alert_jobs,
         define_asset_job(SLACK_DELIVERY_JOB, selection=AssetSelection.assets(slack_deliveries)),
         define_asset_job(LOOKUP_TABLES_JOB, selection=AssetSelection.assets(*TABLE_ASSETS)),
+        onboarding_producer_job,
     ],
+    schedules=[onboarding_producer_schedule],
     sensors=[*tail_sensors, delivery_sensor, make_table_refresh_sensor(), ops_run_failure_to_slack],
     resources={
         "platform": PlatformResource(),

@@ -41,34 +41,40 @@ from slack_sdk.models.blocks import (
     ButtonElement,
     ContextBlock,
     HeaderBlock,
-    MarkdownTextObject,
     PlainTextObject,
     SectionBlock,
 )
 
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.pipelines.spec import (
+    ASSIGNEE_ROUTE,
     BadRecord,
     Context,
-    Join,
     PipelineSpec,
     Renderer,
     RenderOptions,
-    Route,
     SlackMessage,
+    assignee_joins,
+    assignee_line,
     decode_key,
-    from_field,
-    from_row,
     kind_of,
     rfc3339_utc,
 )
-from alert_platform.slack.blocks import MESSAGE_TEXT_MAX, URL_MAX, BlockTemplate
-from alert_platform.slack.mrkdwn import escape, escape_truncate
+from alert_platform.pipelines.spec import ASSIGNMENTS as ASSIGNMENTS  # re-export
+from alert_platform.pipelines.spec import SLACK_USERS as SLACK_USERS  # re-export
+from alert_platform.slack.blocks import (
+    EMPTY,
+    MESSAGE_TEXT_MAX,
+    URL_MAX,
+    BlockTemplate,
+    date_token,
+    display,
+    mrkdwn,
+)
+from alert_platform.slack.mrkdwn import escape_truncate, needs_escape
 from alert_platform.topics import NOTIFICATIONS
 
 NAME = "connector_failure"
-ASSIGNMENTS = "csdr_assignments"  # org id -> {"org_id", "csdr_email", "csdr_name", "account_name"}
-SLACK_USERS = "slack_users"  # lower-cased email -> {"email", "slack_user_id", "name"}
 PROVISIONING = "Provisioning"
 ALERT_ID = "{org_id}-{env_id}-{connector_id}-connector-failure"
 
@@ -76,10 +82,7 @@ ID_LABELS = ("org_id", "env_id", "connector_id")
 TEXT_LABELS = ("connector_name", "connector_new_status")
 # Console URL placeholders (values URL-encoded).
 URL_FIELDS = ("org_id", "env_id", "connector_id", "connector_name")
-# Longest assignee name / email quoted in the context line.
-_PERSON_MAX = 200
 _ORG_TEXT_MAX = MESSAGE_TEXT_MAX - len("Connector Failure for Org !")
-_EMPTY = "—"
 
 Parsed = tuple[dict[str, Any], dict[str, Any]]  # (event document, data.labels)
 
@@ -223,11 +226,6 @@ _NAMES = (
 _TRUSTED = ("event_time", "assignee")
 
 
-def _mrkdwn(text: str) -> MarkdownTextObject:
-    # verbatim: no auto-linking of URLs or #channel names that appear in event text
-    return MarkdownTextObject(text=text, verbatim=True)
-
-
 def layout(v: Mapping[str, str], *, console_button: bool = False) -> list[Block]:
     """The message, in slack_sdk models, from already-escaped values."""
     blocks: list[Block] = [
@@ -235,19 +233,19 @@ def layout(v: Mapping[str, str], *, console_button: bool = False) -> list[Block]
             text=PlainTextObject(text=f"Connector failure: {v['connector_name']}", emoji=True)
         ),
         SectionBlock(
-            text=_mrkdwn(
+            text=mrkdwn(
                 f"Connector *{v['connector_name']}* failed while provisioning"
                 f" for *{v['account_name']}*."
             ),
             fields=[
-                _mrkdwn(f"*Organization*\n{v['account_name']} (`{v['org_id']}`)"),
-                _mrkdwn(f"*Environment*\n`{v['env_id']}`"),
-                _mrkdwn(f"*Connector*\n{v['connector_name']} (`{v['connector_id']}`)"),
-                _mrkdwn(f"*Status*\n{v['old_status']} → {v['new_status']}"),
-                _mrkdwn(f"*Event time*\n{v['event_time']}"),
+                mrkdwn(f"*Organization*\n{v['account_name']} (`{v['org_id']}`)"),
+                mrkdwn(f"*Environment*\n`{v['env_id']}`"),
+                mrkdwn(f"*Connector*\n{v['connector_name']} (`{v['connector_id']}`)"),
+                mrkdwn(f"*Status*\n{v['old_status']} → {v['new_status']}"),
+                mrkdwn(f"*Event time*\n{v['event_time']}"),
             ],
         ),
-        ContextBlock(elements=[_mrkdwn(v["assignee"])]),
+        ContextBlock(elements=[mrkdwn(v["assignee"])]),
     ]
     if console_button:
         blocks.append(
@@ -273,44 +271,6 @@ def _templates() -> tuple[BlockTemplate, BlockTemplate]:
         trusted=(*_TRUSTED, "console_url"),
     )
     return plain, with_button
-
-
-def _text(value: Any) -> str:
-    if type(value) is str:
-        return value or _EMPTY
-    return _EMPTY if value is None else str(value)
-
-
-def date_token(epoch: int, iso: str) -> str:
-    """A Slack date shown in the reader's time zone, with the UTC time as fallback text."""
-    return f"<!date^{epoch}^{{date_short_pretty}} at {{time}}|{iso}>"
-
-
-def _person(value: Any) -> str:
-    """A name or email from a lookup row, escaped and kept short."""
-    return escape_truncate(_text(value), _PERSON_MAX)
-
-
-def assignee_line(context: Context) -> str:
-    """Who the alert is for: a mention, or (fallback channel) who it was meant for and why."""
-    assignment = context.rows.get("assignment") or {}
-    name = assignment.get("csdr_name")
-    if type(name) is not str or not name or len(name) > _PERSON_MAX or _needs_escape(name):
-        name = _person(name)
-    if context.intended_for is None:
-        return f"Assigned to <@{escape(context.channel_id)}> ({name})"
-    email = assignment.get("csdr_email")
-    if email:
-        who = f"*{name}* ({_person(email)})"
-        why = "no Slack user is known for that email"
-    else:
-        who = f"*{name}*"
-        why = "the assignment has no email"
-    return f":warning: Meant for {who}, but {why}, so it was posted here."
-
-
-def _needs_escape(text: str) -> bool:
-    return "&" in text or "<" in text or ">" in text
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")
@@ -363,17 +323,17 @@ def make_renderer(options: RenderOptions) -> Renderer:
         org_id = fields["org_id"]
         account = assignment.get("account_name")
         values = [  # in _NAMES order
-            fields["connector_name"] or _EMPTY,
+            fields["connector_name"] or EMPTY,
             fields["connector_id"],
             org_id,
             fields["env_id"],
-            account if type(account) is str and account else _text(account),
+            account if type(account) is str and account else display(account),
             PROVISIONING,
-            fields["connector_new_status"] or _EMPTY,
+            fields["connector_new_status"] or EMPTY,
             date_token(fields["event_epoch"], fields["event_time"]),
             assignee_line(context),
         ]
-        if len(org_id) > _ORG_TEXT_MAX or _needs_escape(org_id):
+        if len(org_id) > _ORG_TEXT_MAX or needs_escape(org_id):
             text = f"Connector Failure for Org {escape_truncate(org_id, _ORG_TEXT_MAX)}!"
         else:
             text = f"Connector Failure for Org {org_id}!"
@@ -394,22 +354,8 @@ CONNECTOR_FAILURE = PipelineSpec(
     parse=parse,
     keep=keep,
     validate=validate,
-    joins=(
-        Join(table=ASSIGNMENTS, key=from_field("org_id"), kind="inner", as_="assignment"),
-        Join(
-            table=SLACK_USERS,
-            key=from_row("assignment", "csdr_email", normalise=str.lower),
-            kind="left",
-            as_="slack_user",
-        ),
-    ),
-    route=Route(
-        channel=from_row("slack_user", "slack_user_id"),
-        intended_for={
-            "email": from_row("assignment", "csdr_email"),
-            "name": from_row("assignment", "csdr_name"),
-        },
-    ),
+    joins=assignee_joins("org_id"),
+    route=ASSIGNEE_ROUTE,
     alert_id=ALERT_ID,
     make_renderer=make_renderer,
 )

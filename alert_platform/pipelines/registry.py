@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from alert_platform.pipelines.connector_failure import CONNECTOR_FAILURE
+from alert_platform.pipelines.onboarding import ONBOARDING
 from alert_platform.pipelines.spec import PipelineSpec
 
-PIPELINES: dict[str, PipelineSpec] = {spec.name: spec for spec in (CONNECTOR_FAILURE,)}
+PIPELINES: dict[str, PipelineSpec] = {spec.name: spec for spec in (CONNECTOR_FAILURE, ONBOARDING)}
 
 
 def get_pipeline(name: str) -> PipelineSpec:

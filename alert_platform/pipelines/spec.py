@@ -21,7 +21,8 @@ specific to a kind of alert lives in the spec's functions:
    options; a bad option fails the batch, not every record), then ``render(context) ->
    SlackMessage`` per alert: the Slack text and Block Kit blocks.
 
-Helpers at the end of this module are shared by parse/validate functions.
+Helpers at the end of this module are shared by parse/validate functions, and by pipelines
+that alert an org's account-team member (the assignee joins, route and context line).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 import orjson
 
 from alert_platform.kafka.records import SourceRecord
+from alert_platform.slack.blocks import display
+from alert_platform.slack.mrkdwn import escape, escape_truncate, needs_escape
 
 if TYPE_CHECKING:
     from alert_platform.settings import Settings
@@ -293,3 +296,61 @@ def rfc3339_utc(value: Any, what: str = "time") -> tuple[str, int]:
             return f"{match[1]}T{match[2]}Z", int(moment.timestamp())
     moment = parse_rfc3339(value, what)
     return format_rfc3339(moment), int(moment.timestamp())
+
+
+# -- the org's account-team member: joins, route and context line -----------------------------
+
+ASSIGNMENTS = "csdr_assignments"  # org id -> {"org_id", "csdr_email", "csdr_name", "account_name"}
+SLACK_USERS = "slack_users"  # lower-cased email -> {"email", "slack_user_id", "name"}
+# Longest assignee name / email quoted in the context line.
+PERSON_MAX = 200
+
+
+def assignee_joins(org_id_field: str = "org_id") -> tuple[Join, Join]:
+    """Inner join of the org's assignment (``assignment``) on the validated field
+    ``org_id_field``, then left join of the assignee's Slack user (``slack_user``) by e-mail,
+    compared lower-cased."""
+    return (
+        Join(table=ASSIGNMENTS, key=from_field(org_id_field), kind="inner", as_="assignment"),
+        Join(
+            table=SLACK_USERS,
+            key=from_row("assignment", "csdr_email", normalise=str.lower),
+            kind="left",
+            as_="slack_user",
+        ),
+    )
+
+
+# To the assignee's Slack user; without one (or with an empty id), to the fallback channel,
+# recording the assignee's e-mail and name as ``intended_for``.
+ASSIGNEE_ROUTE = Route(
+    channel=from_row("slack_user", "slack_user_id"),
+    intended_for={
+        "email": from_row("assignment", "csdr_email"),
+        "name": from_row("assignment", "csdr_name"),
+    },
+)
+
+
+def _person(value: Any) -> str:
+    """A name or email from a lookup row, escaped and kept short."""
+    return escape_truncate(display(value), PERSON_MAX)
+
+
+def assignee_line(context: Context) -> str:
+    """Who the alert is for (mrkdwn, escaped): a mention, or (fallback channel) who it was
+    meant for and why. Reads the ``assignment`` row of :func:`assignee_joins`."""
+    assignment = context.rows.get("assignment") or {}
+    name = assignment.get("csdr_name")
+    if type(name) is not str or not name or len(name) > PERSON_MAX or needs_escape(name):
+        name = _person(name)
+    if context.intended_for is None:
+        return f"Assigned to <@{escape(context.channel_id)}> ({name})"
+    email = assignment.get("csdr_email")
+    if email:
+        who = f"*{name}* ({_person(email)})"
+        why = "no Slack user is known for that email"
+    else:
+        who = f"*{name}*"
+        why = "the assignment has no email"
+    return f":warning: Meant for {who}, but {why}, so it was posted here."

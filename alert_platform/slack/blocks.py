@@ -25,7 +25,7 @@ from operator import itemgetter, le
 from typing import Any
 
 import orjson
-from slack_sdk.models.blocks import Block
+from slack_sdk.models.blocks import Block, MarkdownTextObject
 
 from alert_platform.slack.mrkdwn import escape, truncate
 
@@ -44,6 +44,9 @@ TEXT_OBJECT_MAX = 3000
 MESSAGE_TEXT_MAX = 4000
 
 Layout = Callable[[Mapping[str, str]], Sequence[Block]]
+
+# Shown for an empty or missing value.
+EMPTY = "—"
 
 _dumps = orjson.dumps
 _MARK = "\x00"
@@ -236,6 +239,30 @@ class BlockTemplate:
                 number, index, _ = slot.occurrences[i]
                 args[position_of[number]] = truncate(vals[index], allowed)
         return tuple(args)
+
+
+# -- small helpers for layouts and values --------------------------------------------------
+
+
+def mrkdwn(text: str) -> MarkdownTextObject:
+    """A ``mrkdwn`` text object with ``verbatim``: no auto-linking of URLs or ``#channel``
+    names that appear in event text."""
+    return MarkdownTextObject(text=text, verbatim=True)
+
+
+def display(value: Any) -> str:
+    """A value as shown in a message: strings as they are, ``None`` or ``""`` as :data:`EMPTY`,
+    anything else ``str()``-ed (escaping is the template's job)."""
+    if type(value) is str:
+        return value or EMPTY
+    return EMPTY if value is None else str(value)
+
+
+def date_token(epoch: int, iso: str, token: str = "{date_short_pretty} at {time}") -> str:
+    """A Slack date shown in the reader's time zone, with ``iso`` (UTC) as fallback text.
+
+    Built by our code: insert it as a *trusted* template value."""
+    return f"<!date^{epoch}^{token}|{iso}>"
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")

@@ -31,6 +31,11 @@ def escape(text: str) -> str:
     return text
 
 
+def needs_escape(text: str) -> bool:
+    """Whether :func:`escape` would change ``text`` (a cheap check for the common case)."""
+    return "&" in text or "<" in text or ">" in text
+
+
 def truncate(text: str, limit: int, ellipsis: str = ELLIPSIS) -> str:
     """Cut already-escaped ``text`` to at most ``limit`` characters, ending in ``ellipsis``.
 
