@@ -20,6 +20,7 @@ class PlatformResource(ConfigurableResource):
     data_dir: str = Field(default="", description="ALERT_PLATFORM_DATA_DIR")
     bigquery_api_endpoint: str = Field(default="", description="BIGQUERY_API_ENDPOINT")
     bigquery_project: str = Field(default="", description="BIGQUERY_PROJECT")
+    bigquery_dataset: str = Field(default="", description="BIGQUERY_DATASET")
     ledger_url: str = Field(default="", description="ALERT_LEDGER_URL")
 
     def settings(self) -> Settings:
@@ -36,6 +37,8 @@ class PlatformResource(ConfigurableResource):
             overrides["bigquery_api_endpoint"] = self.bigquery_api_endpoint
         if self.bigquery_project:
             overrides["bigquery_project"] = self.bigquery_project
+        if self.bigquery_dataset:
+            overrides["bigquery_dataset"] = self.bigquery_dataset
         if self.ledger_url:
             overrides["ledger_url"] = self.ledger_url
         return base.with_overrides(**overrides) if overrides else base
