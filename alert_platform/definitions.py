@@ -14,6 +14,7 @@ from dagster import (
 )
 
 from alert_platform import topics
+from alert_platform.delivery.runner import ranges_already_delivered
 from alert_platform.pipelines.registry import PIPELINES
 from assets.alerts import ALERT_ASSETS, alerts_asset_name
 from assets.deliveries import slack_deliveries
@@ -74,6 +75,12 @@ delivery_sensor = make_topic_tail_sensor(
     op_name=slack_deliveries.key.to_user_string(),
     partitioned=False,
     max_records_per_run=2_000,
+    settle_one_tick=True,
+    needs_no_run=ranges_already_delivered,
+    description=(
+        "Delivers `slack-messages` ranges that enrichment runs did not deliver inline (and all "
+        "of them with ALERT_PLATFORM_INLINE_DELIVERY=false); skips ranges already delivered."
+    ),
 )
 
 

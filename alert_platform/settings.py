@@ -47,6 +47,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where every service lives and how the platform behaves. Build with ``from_env``."""
@@ -67,6 +78,7 @@ class Settings:
     dedup_window_hours: int = 24
     connector_console_url_template: str = ""
     dagster_port: int = 3000
+    inline_delivery: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -94,6 +106,7 @@ class Settings:
             dedup_window_hours=_int(env, "ALERT_DEDUP_WINDOW_HOURS", base.dedup_window_hours),
             connector_console_url_template=env.get("CONNECTOR_CONSOLE_URL_TEMPLATE", ""),
             dagster_port=_int(env, "DAGSTER_PORT", base.dagster_port),
+            inline_delivery=_bool(env, "ALERT_PLATFORM_INLINE_DELIVERY", base.inline_delivery),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

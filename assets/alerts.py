@@ -19,14 +19,17 @@ from dagster import (
 )
 from pydantic import Field
 
+from alert_platform import topics
 from alert_platform.backfill import backfill_pipeline
+from alert_platform.delivery.runner import run_delivery
 from alert_platform.kafka.offsets import OffsetRange
 from alert_platform.pipelines.registry import PIPELINES
 from alert_platform.pipelines.runner import EnrichmentReport, run_enrichment
 from alert_platform.pipelines.spec import PipelineSpec
 from alert_platform.run_index import RunIndex
+from alert_platform.settings import Settings
 from assets.lookup_tables import table_asset_key
-from assets.resources import PlatformResource
+from assets.resources import PlatformResource, SlackDeliveryResource
 from assets.topics import topic_asset_key
 
 GROUP = "alerts"
@@ -68,6 +71,30 @@ def _metadata(report: EnrichmentReport) -> dict[str, object]:
     }
 
 
+def _deliver_inline(
+    context: AssetExecutionContext,
+    settings: Settings,
+    slack: SlackDeliveryResource,
+    report: EnrichmentReport,
+) -> dict[str, object]:
+    """Post the alerts this run just wrote, saving a sensor hop of latency.
+
+    Exactly once all the same (the delivery ledger); whatever fails here is delivered by the
+    ``slack_delivery_tail`` sensor, which skips ranges already delivered.
+    """
+    written = [r for r in report.written if r.topic == topics.SLACK_MESSAGES]
+    if not written:
+        return {}
+    try:
+        delivery = run_delivery(settings, slack.get_client(), written, owner=context.run.run_id)
+    except Exception as exc:
+        context.log.warning(f"inline delivery incomplete, the delivery sensor finishes it: {exc}")
+        return {"inline_delivery": "incomplete", "inline_delivery_error": str(exc)[:500]}
+    summary = delivery.delivery.summary() if delivery.delivery else {}
+    figures = {k: v for k, v in summary.items() if isinstance(v, int) and v}
+    return {"inline_delivery": "done", **{f"inline_{k}": v for k, v in figures.items()}}
+
+
 def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:
     """The asset that turns ``spec.source_topic`` records into ``slack-messages`` alerts."""
     tables = dict.fromkeys(join.table for join in spec.joins)
@@ -82,7 +109,10 @@ def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:
         description=spec.description or f"Alerts of pipeline `{spec.name}`.",
     )
     def _alerts(
-        context: AssetExecutionContext, config: AlertRunConfig, platform: PlatformResource
+        context: AssetExecutionContext,
+        config: AlertRunConfig,
+        platform: PlatformResource,
+        slack: SlackDeliveryResource,
     ) -> MaterializeResult:
         settings = platform.settings()
         index = RunIndex(settings.effective_ledger_url)
@@ -106,6 +136,8 @@ def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:
         finally:
             index.close()
         context.log.info(f"{spec.name}: {report.counts.as_dict()}")
+        if settings.inline_delivery:
+            extra.update(_deliver_inline(context, settings, slack, report))
         return MaterializeResult(metadata={**_metadata(report), **extra})
 
     return _alerts

@@ -284,6 +284,28 @@ class DeliveryLedger:
 
     # -- the claim -------------------------------------------------------------------------
 
+    def _within_window(
+        self, conn: Connection, alert_id: str, event_time: datetime, window: timedelta
+    ) -> list[LedgerRow]:
+        t = self.table
+        result = conn.execute(
+            sa.select(t)
+            .where(
+                t.c.alert_id == alert_id,
+                t.c.event_time >= event_time - window,
+                t.c.event_time <= event_time + window,
+            )
+            .order_by(t.c.event_time)
+        )
+        return [self._row(m) for m in result.mappings()]
+
+    def is_delivered(self, message: OutboundMessage, window: timedelta | float) -> bool:
+        """Whether a claim for ``message`` would be a ``DUPLICATE`` (read-only, no lock)."""
+        event_time = message.event_time.astimezone(UTC)
+        with self.engine.connect() as conn:
+            rows = self._within_window(conn, message.alert_id, event_time, _as_window(window))
+        return any(row.state == DELIVERED for row in rows)
+
     def claim(
         self,
         message: OutboundMessage,
@@ -304,16 +326,7 @@ class DeliveryLedger:
         event_time = message.event_time.astimezone(UTC)
         with self._locked(message.alert_id) as conn:
             now = _utcnow()
-            result = conn.execute(
-                sa.select(t)
-                .where(
-                    t.c.alert_id == message.alert_id,
-                    t.c.event_time >= event_time - window,
-                    t.c.event_time <= event_time + window,
-                )
-                .order_by(t.c.event_time)
-            )
-            rows = [self._row(m) for m in result.mappings()]
+            rows = self._within_window(conn, message.alert_id, event_time, window)
 
             def closest(candidates: list[LedgerRow]) -> LedgerRow:
                 return min(candidates, key=lambda r: abs(r.event_time - event_time))

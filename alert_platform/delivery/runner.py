@@ -19,6 +19,7 @@ from slack_sdk import WebClient
 from alert_platform import topics
 from alert_platform.delivery.deliverer import DeliveryReport, deliver_batch
 from alert_platform.delivery.ledger import DeliveryLedger
+from alert_platform.delivery.messages import parse_records
 from alert_platform.kafka.clients import make_consumer, make_producer
 from alert_platform.kafka.offsets import OffsetRange
 from alert_platform.kafka.reader import read_ranges
@@ -112,3 +113,25 @@ def run_delivery(
             ledger.close()
         report.elapsed_s = time.monotonic() - started
     return report
+
+
+def needs_delivery(settings: Settings, rng: OffsetRange, ledger: DeliveryLedger) -> bool:
+    """Whether any record of ``rng`` still needs a delivery run.
+
+    False only when every record parses and the ledger already holds it as delivered (e.g. an
+    enrichment run delivered its own alerts inline), so a tail sensor can skip the range.
+    """
+    window = timedelta(hours=settings.dedup_window_hours)
+    parsed = parse_records(read_messages(settings, [rng]))
+    if parsed.dead_letters:
+        return True
+    return not all(ledger.is_delivered(message, window) for message in parsed.messages)
+
+
+def ranges_already_delivered(settings: Settings, ranges: Sequence[OffsetRange]) -> set[OffsetRange]:
+    """The ``slack-messages`` ranges every record of which the ledger holds as delivered."""
+    ledger = DeliveryLedger(settings.effective_ledger_url)
+    try:
+        return {rng for rng in ranges if not needs_delivery(settings, rng, ledger)}
+    finally:
+        ledger.close()

@@ -9,7 +9,7 @@ under a new run key until it succeeds, so no range is ever stranded by a failure
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -62,16 +62,19 @@ class PendingRange:
 
 @dataclass(frozen=True)
 class TailCursor:
-    """Next offset per partition plus the ranges whose runs are not known to have succeeded."""
+    """Next offset per partition, the ranges whose runs are not known to have succeeded, and
+    the partition ends seen at the previous tick (for ``settle_one_tick``)."""
 
     next_offsets: Mapping[int, int] = field(default_factory=dict)
     pending: tuple[PendingRange, ...] = ()
+    observed: Mapping[int, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "next": {str(p): o for p, o in sorted(self.next_offsets.items())},
                 "pending": [p.to_dict() for p in self.pending],
+                "observed": {str(p): o for p, o in sorted(self.observed.items())},
             },
             separators=(",", ":"),
         )
@@ -84,6 +87,7 @@ class TailCursor:
         return cls(
             next_offsets={int(p): int(o) for p, o in data.get("next", {}).items()},
             pending=tuple(PendingRange.from_dict(p) for p in data.get("pending", [])),
+            observed={int(p): int(o) for p, o in data.get("observed", {}).items()},
         )
 
 
@@ -126,11 +130,14 @@ def plan_tick(
     max_records_per_run: int,
     max_runs_per_tick: int,
     start_at_latest: bool = False,
+    settle_one_tick: bool = False,
 ) -> TickPlan:
     """Decide the runs of one tick.
 
     ``ends`` are the true end offsets per partition (probed, not the raw high watermark),
     ``lows`` the low watermarks, ``run_states`` the state of every pending run key.
+    ``settle_one_tick`` hands out only records that were already there at the previous tick
+    (a safety-net consumer gives the primary path one tick to finish first).
     """
     notes: list[str] = []
     requests: list[RangeRequest] = []
@@ -160,6 +167,8 @@ def plan_tick(
         low = lows.get(partition, 0)
         if partition not in next_offsets:
             next_offsets[partition] = end if start_at_latest else low
+        if settle_one_tick:
+            end = min(end, cursor.observed.get(partition, 0))
         start = next_offsets[partition]
         if start < low:
             notes.append(
@@ -175,4 +184,35 @@ def plan_tick(
             start = rng.end
         next_offsets[partition] = start
 
-    return TickPlan(tuple(requests), TailCursor(next_offsets, tuple(still_pending)), tuple(notes))
+    cursor_out = TailCursor(next_offsets, tuple(still_pending), dict(ends))
+    return TickPlan(tuple(requests), cursor_out, tuple(notes))
+
+
+def group_into_runs(requests: Sequence[RangeRequest]) -> list[list[RangeRequest]]:
+    """Pack ranges into as few runs as possible with at most one range per partition each.
+
+    One run per tick per topic keeps the number of run processes (and their start-up cost)
+    independent of the partition count; order within a partition is kept.
+    """
+    runs: list[list[RangeRequest]] = []
+    for request in requests:
+        for run in runs:
+            if all(other.range.partition != request.range.partition for other in run):
+                run.append(request)
+                break
+        else:
+            runs.append([request])
+    return runs
+
+
+def group_run_key(topic: str, requests: Sequence[RangeRequest]) -> str:
+    """``topic:p:start-end[#retryN],...``: unique per set of ranges and attempts."""
+    parts = sorted(request.run_key.removeprefix(f"{topic}:") for request in requests)
+    return f"{topic}:{','.join(parts)}"
+
+
+def drop_ranges(cursor: TailCursor, done: Iterable[OffsetRange]) -> TailCursor:
+    """``cursor`` without the pending entries of ``done`` (handled without a run)."""
+    skip = set(done)
+    pending = tuple(p for p in cursor.pending if p.range not in skip)
+    return TailCursor(cursor.next_offsets, pending, cursor.observed)

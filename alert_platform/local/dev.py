@@ -14,7 +14,7 @@ from pathlib import Path
 from alert_platform.settings import Settings
 
 # Sensor -> run latency: dequeue every second with threads (see docs/local-broker.md), and runs
-# of the same source partition never overlap (one run per unique `alert-platform/source` tag).
+# of the same source topic (and so partition) never overlap (one per `alert-platform/source` tag).
 _INSTANCE_YAML = """\
 # Written by `alert-platform dev`; edit the template in alert_platform/local/dev.py instead.
 run_coordinator:

@@ -28,6 +28,7 @@ from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.kafka.clients import make_consumer, make_producer
 from alert_platform.kafka.offsets import OffsetRange, probe_end_offsets
 from alert_platform.kafka.reader import read_range
+from alert_platform.kafka.tailing import TailCursor
 from alert_platform.local.demo import (
     build_demo_data,
     connector_event,
@@ -44,6 +45,7 @@ from tests.integration.test_dagster_flow import (
     expected_alert_ids,
     latest_materialization_metadata,
     tick_and_run,
+    tick_delivery,
 )
 
 pytestmark = pytest.mark.integration
@@ -81,6 +83,8 @@ def platform_env(flow_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Se
     monkeypatch.setenv("ALERT_PLATFORM_DATA_DIR", str(flow_settings.data_dir))
     monkeypatch.setenv("SLACK_API_URL", flow_settings.slack_api_url)
     monkeypatch.setenv("SLACK_BOT_TOKEN", flow_settings.slack_bot_token)
+    # These tests exercise the delivery sensor's path; enrichment must not deliver inline.
+    monkeypatch.setenv("ALERT_PLATFORM_INLINE_DELIVERY", "false")
     monkeypatch.delenv("DAGSTER_HOME", raising=False)  # only the instance a test hands over
     return flow_settings
 
@@ -256,18 +260,16 @@ def test_backfill_after_a_slack_outage_delivers_every_alert_exactly_once(
     assert runs and all(run.success for run in runs)
     assert set(alert_ids_on_topic(settings)) == expected
 
-    # Delivery during an outage: the first run gets through, then Slack revokes the token and
-    # every other delivery run fails having posted nothing.
-    outage_tick = evaluate_sensor("slack_delivery_tail", instance, None)
-    requests = list(outage_tick.run_requests or [])
-    assert requests
-    before, during = (requests[:1], requests[1:]) if len(requests) > 1 else ([], requests)
-    for request in before:
-        assert execute(DELIVERY_JOB, request, instance).success
+    # Delivery during an outage: one partition's alerts get through (a manual run), then Slack
+    # revokes the token and the sensor's delivery run fails having posted nothing more.
+    consumer = make_consumer(settings)
+    ends = probe_end_offsets(consumer, topics.SLACK_MESSAGES)
+    consumer.close()
+    first = min(p for p, end in ends.items() if end > 0)
+    deliver_ranges(instance, [OffsetRange(topics.SLACK_MESSAGES, first, 0, ends[first])])
     sandbox.revoke_token()
-    for request in during:
-        failed = execute(DELIVERY_JOB, request, instance, raise_on_error=False)
-        assert not failed.success
+    outage_tick, failed_runs = tick_delivery(instance, raise_on_error=False)
+    assert failed_runs and not any(run.success for run in failed_runs)
     delivered_before = posted_alert_ids(sandbox)
     assert set(delivered_before) < expected, "the outage must leave alerts undelivered"
     assert len(delivered_before) == len(set(delivered_before))
@@ -295,8 +297,10 @@ def test_backfill_after_a_slack_outage_delivers_every_alert_exactly_once(
     assert posted_alert_ids(sandbox) == sorted(expected)
 
     # The delivery sensor then retries the failed ranges and tails the new ones: nothing twice.
-    _again, retries = tick_and_run("slack_delivery_tail", instance, outage_tick.cursor)
-    assert retries and all(run.success for run in retries)
+    # Its failed ranges were all delivered by the backfill, so it settles them without a run.
+    again, retries = tick_and_run("slack_delivery_tail", instance, outage_tick.cursor)
+    assert all(run.success for run in retries)
+    assert TailCursor.from_json(again.cursor).pending == ()
     assert posted_alert_ids(sandbox) == sorted(expected)
     with DeliveryLedger(settings.effective_ledger_url) as ledger:
         assert ledger.count_by_state().get("delivered") == len(expected)

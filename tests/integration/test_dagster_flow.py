@@ -81,7 +81,10 @@ def instance() -> Iterator[DagsterInstance]:
 
 
 def tick_and_run(
-    sensor_name: str, instance: DagsterInstance, cursor: str | None
+    sensor_name: str,
+    instance: DagsterInstance,
+    cursor: str | None,
+    raise_on_error: bool = True,
 ) -> tuple[SensorResult, list[object]]:
     """Evaluate a sensor once and execute every run it requests, in process."""
     from alert_platform.definitions import defs
@@ -103,9 +106,19 @@ def tick_and_run(
                 instance=instance,
                 partition_key=request.partition_key,
                 tags=tags,
+                raise_on_error=raise_on_error,
             )
         )
     return result, outcomes
+
+
+def tick_delivery(
+    instance: DagsterInstance, cursor: str | None = None, *, raise_on_error: bool = True
+) -> tuple[SensorResult, list[object]]:
+    """Tick the delivery sensor twice (it settles one tick) and run what it requests."""
+    first, runs = tick_and_run("slack_delivery_tail", instance, cursor, raise_on_error)
+    second, more = tick_and_run("slack_delivery_tail", instance, first.cursor, raise_on_error)
+    return second, runs + more
 
 
 def read_topic(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes | None, dict]]:
@@ -137,56 +150,76 @@ def expected_alert_ids(settings_data, events) -> set[str]:
     return ids
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["inline-delivery", "sensor-delivery"])
 def test_events_become_alerts_then_slack_posts_exactly_once(
-    platform_env: Settings, sandbox: SandboxControl, instance: DagsterInstance
+    platform_env: Settings,
+    sandbox: SandboxControl,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    inline: bool,
 ) -> None:
     settings = platform_env
-    demo = build_demo_data(event_count=40, seed=11)
+    monkeypatch.setenv("ALERT_PLATFORM_INLINE_DELIVERY", "true" if inline else "false")
+    before = {
+        json.loads(v)["alert_id"] for _k, v, _h in read_topic(settings, topics.SLACK_MESSAGES)
+    }
+    demo = build_demo_data(event_count=40, seed=11 if inline else 12)
     produce_lookup_tables(settings, demo)
     produce_events(settings, demo.events)
     producer = make_producer(settings)
     producer.produce(topics.NOTIFICATIONS, key=b"org-0001", value=b'{"Provisioning": ')
     producer.flush(10)
-    expected = expected_alert_ids(demo, demo.events)
+    expected = expected_alert_ids(demo, demo.events) - before
     assert len(expected) >= 5, "the demo seed should yield several alerts"
 
-    # Enrichment: one tick, one run per source partition with data.
+    # Enrichment: one tick launches one run for every partition with new records.
     result, runs = tick_and_run("connector_failure_tail", instance, None)
-    assert runs and all(run.success for run in runs)
-    assert {rr.tags["alert-platform/source"] for rr in result.run_requests} <= {
-        f"{topics.NOTIFICATIONS}:{p}" for p in range(4)
-    }
+    assert len(runs) == 1 and runs[0].success
+    request = result.run_requests[0]
+    assert request.tags["alert-platform/source"] == topics.NOTIFICATIONS
+    ranges = request.run_config["ops"]["connector_failure_alerts"]["config"]["ranges"]
+    assert len({r["partition"] for r in ranges}) == len(ranges) > 1
     messages = read_topic(settings, topics.SLACK_MESSAGES)
-    produced_ids = {json.loads(value)["alert_id"] for _key, value, _h in messages}
+    produced_ids = {json.loads(value)["alert_id"] for _key, value, _h in messages} - before
     assert produced_ids == expected
     dlq = read_topic(settings, topics.ALERTS_DLQ)
-    assert [(key, value) for key, value, _h in dlq] == [(b"org-0001", b'{"Provisioning": ')]
-    assert dlq[0][2]["error"].startswith(b"value is not valid JSON")
+    assert (b"org-0001", b'{"Provisioning": ') in [(key, value) for key, value, _h in dlq]
+    bad = next(h for key, value, h in dlq if value == b'{"Provisioning": ')
+    assert bad["error"].startswith(b"value is not valid JSON")
 
     # Run metadata is recorded on the asset's materializations.
     metadata = latest_materialization_metadata(instance, "connector_failure_alerts")
     assert metadata["mode"] == "live"
     assert {"read", "filtered_out", "unmatched", "routed_to_fallback", "alerts"} <= set(metadata)
+    assert metadata.get("inline_delivery") == ("done" if inline else None)
 
     # A second tick with nothing new launches nothing.
     again, reruns = tick_and_run("connector_failure_tail", instance, result.cursor)
     assert reruns == [] and again.skip_reason is not None
 
-    # Delivery: the sensor tails slack-messages; every alert reaches Slack once.
-    delivered, delivery_runs = tick_and_run("slack_delivery_tail", instance, None)
-    assert delivery_runs and all(run.success for run in delivery_runs)
+    # The delivery sensor settles one tick, then delivers what is not delivered yet.
+    first, none_yet = tick_and_run("slack_delivery_tail", instance, None)
+    assert none_yet == []
+    _, delivery_runs = tick_and_run("slack_delivery_tail", instance, first.cursor)
+    if inline:
+        assert delivery_runs == [], "ranges delivered inline need no delivery run"
+    else:
+        assert len(delivery_runs) == 1 and delivery_runs[0].success
     posted = [m["metadata"]["event_payload"]["alert_id"] for m in sandbox.messages()]
     assert sorted(posted) == sorted(expected)
-    responses = read_topic(settings, topics.SLACK_RESPONSES)
-    assert {json.loads(v)["alert_id"] for _k, v, _h in responses} == expected
-    assert all(json.loads(v)["ok"] for _k, v, _h in responses)
+    responses = [json.loads(v) for _k, v, _h in read_topic(settings, topics.SLACK_RESPONSES)]
+    assert expected <= {r["alert_id"] for r in responses if r["ok"]}
 
-    # Replaying every range (a re-run, or a backfill) posts nothing twice.
-    for request in delivered.run_requests:
-        from alert_platform.definitions import defs
+    # Replaying every range of slack-messages (a re-run, or a backfill) posts nothing twice.
+    from alert_platform.definitions import defs
 
-        job = defs.get_repository_def().get_job("slack_delivery_job")
-        assert job.execute_in_process(run_config=request.run_config, instance=instance).success
+    consumer = make_consumer(settings)
+    ends = probe_end_offsets(consumer, topics.SLACK_MESSAGES)
+    consumer.close()
+    everything = [OffsetRange(topics.SLACK_MESSAGES, p, 0, e).as_dict() for p, e in ends.items()]
+    job = defs.get_repository_def().get_job("slack_delivery_job")
+    config = {"ops": {"slack_deliveries": {"config": {"ranges": everything}}}}
+    assert job.execute_in_process(run_config=config, instance=instance).success
     assert len(sandbox.messages()) == len(expected)
 
 

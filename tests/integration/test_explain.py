@@ -37,7 +37,7 @@ from alert_platform.local.demo import (
 from alert_platform.local.sandbox.control import SandboxControl
 from alert_platform.local.stack import LocalStack, free_port_settings
 from alert_platform.settings import Settings
-from tests.integration.test_dagster_flow import tick_and_run
+from tests.integration.test_dagster_flow import tick_and_run, tick_delivery
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +67,8 @@ def platform_env(flow_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Se
     monkeypatch.setenv("ALERT_PLATFORM_DATA_DIR", str(flow_settings.data_dir))
     monkeypatch.setenv("SLACK_API_URL", flow_settings.slack_api_url)
     monkeypatch.setenv("SLACK_BOT_TOKEN", flow_settings.slack_bot_token)
+    # These tests exercise the delivery sensor's path; enrichment must not deliver inline.
+    monkeypatch.setenv("ALERT_PLATFORM_INLINE_DELIVERY", "false")
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     return flow_settings
 
@@ -177,7 +179,7 @@ def test_explain_alerts_and_events(
     assert [e.position for e in pending.events] == [position["delivered"]]
     assert pending.events[0].delivery == "no ledger row: not delivered (yet)"
 
-    _tick, delivery_runs = tick_and_run("slack_delivery_tail", instance, None)
+    _tick, delivery_runs = tick_delivery(instance)
     assert delivery_runs and all(run.success for run in delivery_runs)
     delivery_ids = {run.run_id for run in delivery_runs}
     posted = {m["metadata"]["event_payload"]["alert_id"]: m for m in sandbox.messages()}

@@ -6,6 +6,9 @@ from alert_platform.kafka.tailing import (
     MISSING_RUN_GRACE_S,
     RunState,
     TailCursor,
+    drop_ranges,
+    group_into_runs,
+    group_run_key,
     plan_tick,
     run_key_for,
 )
@@ -120,3 +123,34 @@ def test_cursor_round_trips_through_json() -> None:
     again = TailCursor.from_json(plan.cursor.to_json())
     assert again == plan.cursor
     assert TailCursor.from_json(None) == TailCursor()
+
+
+def test_settle_one_tick_hands_out_only_what_the_previous_tick_saw() -> None:
+    first = tick(TailCursor(), {0: 10}, settle_one_tick=True)
+    assert first.requests == ()
+    assert first.cursor.observed == {0: 10}
+    second = tick(first.cursor, {0: 25}, settle_one_tick=True)
+    assert [(r.range.start, r.range.end) for r in second.requests] == [(0, 10)]
+    third = tick(second.cursor, {0: 25}, settle_one_tick=True)
+    assert [(r.range.start, r.range.end) for r in third.requests] == [(10, 25)]
+
+
+def test_runs_hold_at_most_one_range_per_partition() -> None:
+    plan = tick(TailCursor(), {0: 250, 1: 30, 2: 0}, max_records_per_run=100)
+    runs = group_into_runs(plan.requests)
+    assert [[(r.range.partition, r.range.start) for r in run] for run in runs] == [
+        [(0, 0), (1, 0)],
+        [(0, 100)],
+        [(0, 200)],
+    ]
+    keys = {group_run_key(TOPIC, run) for run in runs}
+    assert len(keys) == 3
+    assert group_run_key(TOPIC, runs[0]) == f"{TOPIC}:0:0-100,1:0-30"
+
+
+def test_ranges_handled_without_a_run_leave_the_pending_list() -> None:
+    plan = tick(TailCursor(), {0: 10, 1: 10})
+    handled = {plan.requests[0].range}
+    cursor = drop_ranges(plan.cursor, handled)
+    assert [p.range for p in cursor.pending] == [plan.requests[1].range]
+    assert cursor.next_offsets == plan.cursor.next_offsets
