@@ -640,3 +640,11 @@ def test_runs_as_a_module_subprocess(tmp_path: Path) -> None:
     assert process.returncode == 0, stderr
     assert f"http://127.0.0.1:{port}/api/" in stderr
     assert not SandboxControl(f"http://127.0.0.1:{port}/").health()
+
+
+def test_page_renders_date_tokens_by_their_fallback_text() -> None:
+    from alert_platform.local.sandbox.page import mrkdwn_to_html
+
+    html = mrkdwn_to_html("at <!date^1700000000^{date_short} {time}|2023-11-14T22:13:20Z>")
+    assert "2023-11-14T22:13:20Z</time>" in html
+    assert "&lt;!date" not in html and "<!date" not in html

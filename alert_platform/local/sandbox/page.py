@@ -66,6 +66,10 @@ def _token(inner: str, users: Mapping[str, str], channels: Mapping[str, str]) ->
         return f'<span class="mention">@{_esc(users[target[1:]])}</span>'
     if target.startswith("#") and target[1:] in channels:
         return f'<span class="mention">#{_esc(channels[target[1:]])}</span>'
+    if target.startswith("!date^"):
+        # Slack renders a date token in the reader's time zone; the fallback text stands in.
+        shown = _unslack(label) if label else target
+        return f'<time title="{_esc(target)}">{_esc(shown)}</time>'
     literal = _esc(_unslack(f"<{inner}>"))
     if target.startswith("!"):
         return f'<span class="mention broadcast" title="Slack would notify people">{literal}</span>'
@@ -80,8 +84,8 @@ def mrkdwn_to_html(
     """Render Slack mrkdwn (``*bold*``, ``_italic_``, ``~strike~``, code, links) as safe HTML.
 
     ``<http(s)://url|label>`` becomes an anchor, ``<@U..>``/``<#C..>`` a mention of a known
-    user or channel; ``<!channel>``-style broadcasts and anything else in angle brackets are
-    shown literally.
+    user or channel, ``<!date^...|fallback>`` its fallback text; ``<!channel>``-style
+    broadcasts and anything else in angle brackets are shown literally.
     """
     users, channels = users or {}, channels or {}
     parts: list[str] = []
