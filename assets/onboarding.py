@@ -14,6 +14,7 @@ The schedule fires daily at 06:00 UTC for the *previous* day, the latest complet
 
 import os
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from dagster import (
     AssetExecutionContext,
@@ -33,15 +34,12 @@ from dagster import (
 )
 
 from alert_platform import topics
-from alert_platform.bigquery.onboarding import (
-    ACCOUNTS_TABLE,
-    OnboardingDeliveryError,
-    OnboardingQueryError,
-    OnboardingReport,
-    produce_onboarding_events,
-)
+from alert_platform.bigquery.tables import ACCOUNTS_TABLE
 from alert_platform.settings import ConfigError
 from assets.resources import PlatformResource
+
+if TYPE_CHECKING:
+    from alert_platform.bigquery.onboarding import OnboardingReport
 
 NAME = "onboarding_started_events"
 JOB_NAME = "onboarding_producer_job"
@@ -70,7 +68,7 @@ warehouse_accounts = AssetSpec(
 )
 
 
-def _metadata(report: OnboardingReport) -> dict[str, object]:
+def _metadata(report: "OnboardingReport") -> dict[str, object]:
     rejected = [{"row": row, "reason": reason} for row, reason in report.rejected]
     return {
         "day": report.day.isoformat(),
@@ -100,12 +98,21 @@ def _metadata(report: OnboardingReport) -> dict[str, object]:
 def onboarding_started_events(
     context: AssetExecutionContext, platform: PlatformResource
 ) -> MaterializeResult:
+    # Imported here: the BigQuery client costs ~1 s to import, and every run process (alert and
+    # delivery runs too) imports these definitions.
+    from alert_platform.bigquery.onboarding import (
+        OnboardingDeliveryError,
+        OnboardingQueryError,
+        produce_onboarding_events,
+    )
+
     day = context.partition_key
     try:
         report = produce_onboarding_events(platform.settings(), day)
     except OnboardingQueryError as exc:
         raise Failure(
-            description=f"BigQuery onboarding query for {day} failed: {exc.message}",
+            description=f"BigQuery onboarding query for {day} failed: {exc.message}"
+            + (f"; {exc.hint}" if exc.hint else ""),
             metadata={
                 "job_id": MetadataValue.text(exc.job_id or ""),
                 "code": int(exc.code) if exc.code is not None else 0,  # HTTPStatus -> int

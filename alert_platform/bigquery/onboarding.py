@@ -42,12 +42,12 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import bigquery
 
 from alert_platform.bigquery.client import make_bigquery_client
+from alert_platform.bigquery.tables import ACCOUNTS_TABLE
 from alert_platform.kafka.clients import make_producer
 from alert_platform.settings import ConfigError, Settings
 from alert_platform.topics import ONBOARDING_EVENTS
 
 EVENT_TYPE = "onboarding.started"
-ACCOUNTS_TABLE = "accounts"
 QUERY_FILE = "onboarding_started.sql"
 TABLE_PLACEHOLDER = "{accounts_table}"
 JOB_ID_PREFIX = "onboarding_started_"
@@ -64,7 +64,8 @@ class OnboardingQueryError(RuntimeError):
     """The onboarding query failed in BigQuery (or BigQuery could not be reached).
 
     ``message`` is BigQuery's own message, ``errors`` its structured error list (``reason``,
-    ``message``, ``location``), ``job_id`` the query job if one was created, ``day`` the day.
+    ``message``, ``location``), ``job_id`` the query job if one was created, ``day`` the day,
+    ``hint`` the settings to check (not found / access denied: the project and dataset).
     The original exception is chained as ``__cause__``.
     """
 
@@ -76,14 +77,17 @@ class OnboardingQueryError(RuntimeError):
         job_id: str | None = None,
         errors: list[dict[str, Any]] | None = None,
         code: int | None = None,
+        hint: str = "",
     ) -> None:
         self.day = day
         self.message = message
         self.job_id = job_id
         self.errors = list(errors or [])
         self.code = code
+        self.hint = hint
         job = f" (job {job_id})" if job_id else ""
-        super().__init__(f"onboarding query for {day.isoformat()} failed{job}: {message}")
+        tail = f"; {hint}" if hint else ""
+        super().__init__(f"onboarding query for {day.isoformat()} failed{job}: {message}{tail}")
 
 
 class OnboardingDeliveryError(RuntimeError):
@@ -190,16 +194,25 @@ def coerce_day(day: date | str) -> date:
     raise TypeError(f"day must be a date or YYYY-MM-DD string, got {type(day).__name__}")
 
 
-def _query_error(day: date, exc: BaseException, job_id: str | None) -> OnboardingQueryError:
+def _query_error(
+    day: date, exc: BaseException, job_id: str | None, settings: Settings | None = None
+) -> OnboardingQueryError:
     if isinstance(exc, api_exceptions.GoogleAPICallError):
         query_job = getattr(exc, "query_job", None)
         job_id = getattr(query_job, "job_id", None) or job_id
+        hint = ""
+        if settings is not None and exc.code in (403, 404):  # wrong project or dataset
+            hint = (
+                f"check BIGQUERY_PROJECT (now {settings.bigquery_project!r}) and "
+                f"BIGQUERY_DATASET (now {settings.bigquery_dataset!r})"
+            )
         return OnboardingQueryError(
             day,
             exc.message or str(exc),
             job_id=job_id,
             errors=list(exc.errors or []),
             code=exc.code,
+            hint=hint,
         )
     if isinstance(exc, api_exceptions.RetryError) and exc.cause is not None:
         message = f"{exc.message}; last error: {exc.cause}"
@@ -238,7 +251,7 @@ def run_onboarding_query(
         job = client.query(sql, job_config=job_config, job_id_prefix=JOB_ID_PREFIX, timeout=timeout)
         rows = [dict(row.items()) for row in job.result(timeout=timeout)]
     except _QUERY_FAILURES as exc:
-        raise _query_error(day, exc, job.job_id if job is not None else None) from exc
+        raise _query_error(day, exc, job.job_id if job is not None else None, settings) from exc
     return OnboardingQueryResult(rows, job.job_id, job.total_bytes_processed)
 
 
