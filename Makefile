@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev test lint bench clean
+.PHONY: install dev test lint bench clean fault-report
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ dev: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The fault and bad-input suite (tests/faults, also part of `make test`), then its results table.
+fault-report: install
+	$(BIN)/pytest tests/faults; status=$$?; $(BIN)/python -m tests.faults.report; exit $$status
 
 lint: install
 	$(BIN)/ruff check .

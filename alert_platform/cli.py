@@ -294,4 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m alert_platform.cli`: run the importable module's main, whose CommandError is
+    # the one command modules raise (this file's copy as __main__ has a class of its own).
+    from alert_platform.cli import main as _main
+
+    sys.exit(_main())

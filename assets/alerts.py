@@ -6,6 +6,7 @@ window. Either way its output is the records it produced to ``slack-messages``.
 """
 
 import os
+from collections.abc import Mapping
 
 from dagster import (
     AssetExecutionContext,
@@ -21,6 +22,7 @@ from pydantic import Field
 
 from alert_platform import topics
 from alert_platform.backfill import backfill_pipeline
+from alert_platform.delivery.deliverer import DeliveryReport
 from alert_platform.delivery.runner import run_delivery
 from alert_platform.kafka.offsets import OffsetRange
 from alert_platform.pipelines.registry import PIPELINES
@@ -89,10 +91,25 @@ def _deliver_inline(
         delivery = run_delivery(settings, slack.get_client(), written, owner=context.run.run_id)
     except Exception as exc:
         context.log.warning(f"inline delivery incomplete, the delivery sensor finishes it: {exc}")
-        return {"inline_delivery": "incomplete", "inline_delivery_error": str(exc)[:500]}
+        partial = getattr(exc, "report", None)  # the deliverer's errors carry what happened
+        retries = partial.retries if isinstance(partial, DeliveryReport) else {}
+        return {
+            "inline_delivery": "incomplete",
+            "inline_delivery_error": str(exc)[:500],
+            **_inline_retries(retries),
+        }
     summary = delivery.delivery.summary() if delivery.delivery else {}
     figures = {k: v for k, v in summary.items() if isinstance(v, int) and v}
-    return {"inline_delivery": "done", **{f"inline_{k}": v for k, v in figures.items()}}
+    return {
+        "inline_delivery": "done",
+        **{f"inline_{k}": v for k, v in figures.items()},
+        **_inline_retries(summary.get("retries") or {}),
+    }
+
+
+def _inline_retries(retries: Mapping[str, int]) -> dict[str, object]:
+    """Slack retries by cause (``rate_limited``, ``server_error``, ``timeout``, ...)."""
+    return {f"inline_retries_{cause}": n for cause, n in retries.items() if n}
 
 
 def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:

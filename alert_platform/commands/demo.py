@@ -6,7 +6,7 @@ import argparse
 import random
 from datetime import UTC, datetime
 
-from alert_platform.cli import load_settings
+from alert_platform.cli import _require_broker, load_settings
 
 
 def _events(args: argparse.Namespace) -> int:
@@ -26,7 +26,9 @@ def _events(args: argparse.Namespace) -> int:
         if args.provisioning:
             event["data"] = event["data"].replace('"Running"', '"Provisioning"')
         events.append((org_id, event))
-    produced = produce_events(load_settings(args), events)
+    settings = load_settings(args)
+    _require_broker(settings)  # fail fast, naming KAFKA_BOOTSTRAP_SERVERS, instead of timing out
+    produced = produce_events(settings, events)
     print(f"Produced {produced} connector events to data-notifications-pipeline.")
     return 0
 

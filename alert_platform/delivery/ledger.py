@@ -44,7 +44,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 
-from alert_platform.delivery.messages import OutboundMessage
+from alert_platform.delivery.messages import ALERT_ID_MAX, OutboundMessage
+from alert_platform.settings import ConfigError
 from alert_platform.storage import make_engine
 
 SENDING = "sending"
@@ -57,8 +58,26 @@ SUPPRESSED_REPEAT = "suppressed_repeat"
 
 DEFAULT_TABLE = "delivery_ledger"
 # A live owner refreshes its heartbeat at least every lease/3 (see the deliverer); a 'sending'
-# row older than this is taken to belong to a crashed run.
-DEFAULT_LEASE = timedelta(seconds=60)
+# row older than this is taken to belong to a crashed run. No heartbeat happens during one Slack
+# call, so the lease must stay well above the client timeout (10 s). The environment variable
+# overrides it (read at import; fault tests shorten it so a killed run's claims go stale sooner).
+LEASE_ENV = "ALERT_PLATFORM_DELIVERY_LEASE_S"
+
+
+def _default_lease(default_s: float = 60.0) -> timedelta:
+    raw = os.environ.get(LEASE_ENV, "").strip()
+    if not raw:
+        return timedelta(seconds=default_s)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 15:  # also rejects nan
+        raise ConfigError(f"{LEASE_ENV} must be a number of seconds >= 15, got {raw!r}")
+    return timedelta(seconds=seconds)
+
+
+DEFAULT_LEASE = _default_lease()
 
 
 class ClaimKind(enum.Enum):
@@ -198,7 +217,7 @@ class DeliveryLedger:
             table_name,
             metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("alert_id", sa.String(512), nullable=False),
+            sa.Column("alert_id", sa.String(ALERT_ID_MAX), nullable=False),
             sa.Column("event_time", UTCDateTime, nullable=False),
             sa.Column("state", sa.String(32), nullable=False),
             sa.Column("channel", sa.String(255)),

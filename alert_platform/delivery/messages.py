@@ -22,6 +22,8 @@ from alert_platform.kafka.records import SourceRecord
 
 # Dead-letter error codes that are ours rather than Slack's.
 UNPARSEABLE = "unparseable_message"
+# The longest alert id the delivery ledger stores (its ``alert_id`` column).
+ALERT_ID_MAX = 512
 
 
 class InvalidMessage(ValueError):
@@ -136,6 +138,10 @@ def message_from_value(
     if not isinstance(value, Mapping):
         raise InvalidMessage(f"value must be a JSON object, got {type(value).__name__}")
     alert_id = _required_str(value, "alert_id")
+    if len(alert_id) > ALERT_ID_MAX:
+        raise InvalidMessage(
+            f"alert_id is {len(alert_id)} characters long, more than the ledger's {ALERT_ID_MAX}"
+        )
     channel_id = _required_str(value, "channel_id")
     text = value.get("text")
     if not isinstance(text, str):

@@ -31,6 +31,11 @@ _PROBE_POLL_S = 0.002
 DEFAULT_PROBE_IDLE_S = 1.0
 
 
+# Appended to errors, so that a failed run or sensor tick names the setting (or command) to fix.
+BROKER_HINT = "is the Kafka broker at KAFKA_BOOTSTRAP_SERVERS up and reachable?"
+TOPIC_HINT = "create the platform topics with `alert-platform topics create`"
+
+
 class OffsetError(RuntimeError):
     """Offsets of a topic could not be determined (missing topic, broker error, timeout)."""
 
@@ -107,16 +112,16 @@ def list_partitions(consumer: Consumer, topic: str, *, timeout: float = 10.0) ->
     try:
         metadata = consumer.list_topics(topic, timeout=timeout)
     except Exception as exc:  # KafkaException: broker unreachable within timeout
-        raise OffsetError(f"cannot list partitions of {topic!r}: {exc}") from exc
+        raise OffsetError(f"cannot list partitions of {topic!r}: {exc}; {BROKER_HINT}") from exc
     described = metadata.topics.get(topic)
     if described is None:
-        raise TopicNotFound(f"topic {topic!r} does not exist")
+        raise TopicNotFound(f"topic {topic!r} does not exist; {TOPIC_HINT}")
     if described.error is not None:
         if described.error.code() in (
             KafkaError.UNKNOWN_TOPIC_OR_PART,
             KafkaError._UNKNOWN_TOPIC,
         ):
-            raise TopicNotFound(f"topic {topic!r} does not exist")
+            raise TopicNotFound(f"topic {topic!r} does not exist; {TOPIC_HINT}")
         raise OffsetError(f"metadata of {topic!r} failed: {described.error}")
     if not described.partitions:
         raise TopicNotFound(f"topic {topic!r} has no partitions")
@@ -144,7 +149,9 @@ def watermarks(
                 TopicPartition(topic, partition), timeout=timeout, cached=False
             )
         except Exception as exc:  # KafkaException
-            raise OffsetError(f"watermarks of {topic}[{partition}] failed: {exc}") from exc
+            raise OffsetError(
+                f"watermarks of {topic}[{partition}] failed: {exc}; {BROKER_HINT}"
+            ) from exc
         out[partition] = (int(low), int(high))
     return out
 

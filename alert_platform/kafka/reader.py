@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from alert_platform.kafka.offsets import OffsetRange
+from alert_platform.kafka.offsets import BROKER_HINT, TOPIC_HINT, OffsetRange
 from alert_platform.kafka.records import SourceRecord
 
 DEFAULT_BATCH_SIZE = 10_000
@@ -103,6 +103,9 @@ def read_range(
             finally:
                 if gc_enabled:
                     gc.enable()
+            # Free the consumed messages now, while they are still in the CPU cache: kept until
+            # the next consume() they are freed after the caller's work has evicted them.
+            del messages
             if eof is not None:
                 eof_at = eof
             if error is not None:
@@ -126,7 +129,7 @@ def read_range(
                 if eof_at is not None:
                     reason += f"; the partition ends at offset {eof_at} (partition EOF)"
                 if last_error is not None:
-                    reason += f"; last error: {last_error}"
+                    reason += f"; last error: {last_error}; {BROKER_HINT}"
                 elif eof_at is None:
                     reason += (
                         " (no error: the broker may be stalled, or the partition ends before "
@@ -224,6 +227,8 @@ def _low_watermark(consumer: Consumer, rng: OffsetRange, timeout_s: float) -> in
     except Exception as exc:  # KafkaException: broker unreachable, unknown partition
         code = exc.args[0].code() if exc.args and isinstance(exc.args[0], KafkaError) else None
         if code in _MISSING:
-            raise RangeNotAvailable(rng, f"topic or partition missing: {exc}") from exc
-        raise RangeIncomplete(rng, f"cannot query the watermarks: {exc}") from exc
+            raise RangeNotAvailable(
+                rng, f"topic or partition missing: {exc}; {TOPIC_HINT}"
+            ) from exc
+        raise RangeIncomplete(rng, f"cannot query the watermarks: {exc}; {BROKER_HINT}") from exc
     return int(low)

@@ -4,18 +4,47 @@ Pure functions over a JSON-serialisable cursor, so the planning is testable with
 Kafka. The cursor holds the next offset to hand out per partition and the ranges already handed
 out whose runs have not succeeded yet; a failed run's range is handed out again (with back-off)
 under a new run key until it succeeds, so no range is ever stranded by a failure.
+
+A partition whose end lies *before* the cursor's next offset was recreated (the topic was
+deleted and created again, or a broker with memory storage restarted): the cursor's offsets
+refer to records that are gone, so the partition starts over at its low watermark and its
+pending ranges are dropped (the tick's notes say so). A recreated partition that already holds
+as many records as the cursor had read cannot be told apart by offsets alone.
+
+The first re-launch of a failed range is immediate; later ones wait an exponential back-off of
+``RETRY_BACKOFF_BASE_S`` (15 s, doubling, at most ``RETRY_BACKOFF_MAX_S``), which the environment
+variable ``ALERT_PLATFORM_RETRY_BACKOFF_BASE_S`` overrides (read once, when the sensors load:
+fault tests use a second or two).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from alert_platform.kafka.offsets import OffsetRange
+from alert_platform.settings import ConfigError
 
-RETRY_BACKOFF_BASE_S = 15.0
+RETRY_BACKOFF_BASE_ENV = "ALERT_PLATFORM_RETRY_BACKOFF_BASE_S"
+
+
+def _backoff_base(default: float = 15.0) -> float:
+    raw = os.environ.get(RETRY_BACKOFF_BASE_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also rejects nan
+        raise ConfigError(f"{RETRY_BACKOFF_BASE_ENV} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+RETRY_BACKOFF_BASE_S = _backoff_base()
 RETRY_BACKOFF_MAX_S = 300.0
 # A run key the instance does not know after this long was never launched: hand it out again.
 MISSING_RUN_GRACE_S = 120.0
@@ -143,7 +172,23 @@ def plan_tick(
     requests: list[RangeRequest] = []
     still_pending: list[PendingRange] = []
 
+    # The end lies before the next offset: the partition was recreated and what the cursor
+    # points at is gone. Start it over at its low watermark; its pending ranges are void.
+    recreated = {
+        partition for partition, end in ends.items() if cursor.next_offsets.get(partition, 0) > end
+    }
+    for partition in sorted(recreated):
+        dropped = sum(1 for p in cursor.pending if p.range.partition == partition)
+        notes.append(
+            f"{topic}[{partition}]: the partition ends at {ends[partition]}, before the next "
+            f"offset to read ({cursor.next_offsets[partition]}): the topic was recreated or the "
+            f"broker lost its data; resuming at the low watermark {lows.get(partition, 0)} and "
+            f"dropping {dropped} pending range(s) of the old partition"
+        )
+
     for pending in cursor.pending:
+        if pending.range.partition in recreated:
+            continue
         state = run_states.get(pending.run_key, RunState.MISSING)
         if state is RunState.SUCCEEDED:
             continue
@@ -165,10 +210,12 @@ def plan_tick(
     for partition in sorted(ends):
         end = ends[partition]
         low = lows.get(partition, 0)
-        if partition not in next_offsets:
+        if partition in recreated:
+            next_offsets[partition] = low
+        elif partition not in next_offsets:
             next_offsets[partition] = end if start_at_latest else low
-        if settle_one_tick:
-            end = min(end, cursor.observed.get(partition, 0))
+        if settle_one_tick:  # (what a recreated partition's previous tick saw is gone)
+            end = min(end, 0 if partition in recreated else cursor.observed.get(partition, 0))
         start = next_offsets[partition]
         if start < low:
             notes.append(

@@ -10,12 +10,12 @@ written per ``(topic, partition)``, so a run can tell which offsets of an output
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from alert_platform.kafka.offsets import OffsetRange
+from alert_platform.kafka.offsets import BROKER_HINT, OffsetRange
 
 Headers = Sequence[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None]
 
@@ -92,6 +92,7 @@ class BatchProducer:
         "_produced",
         "_producer",
         "_queue_timeout_s",
+        "_report",
         "_written",
         "total_delivered",
     )
@@ -107,6 +108,7 @@ class BatchProducer:
         self._failures: list[DeliveryFailure] = []
         self._written: dict[tuple[str, int], list[int]] = {}
         self.total_delivered = 0
+        self._report = self._on_delivery  # bound once, not per produce()
 
     @property
     def producer(self) -> Producer:
@@ -120,14 +122,15 @@ class BatchProducer:
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
             self._delivered += 1
-            span = self._written.get((message.topic(), message.partition()))
+            where = (message.topic(), message.partition())
             offset = message.offset()
+            span = self._written.get(where)
             if span is None:
-                self._written[(message.topic(), message.partition())] = [offset, offset]
+                self._written[where] = [offset, offset]
+            elif offset > span[1]:  # the usual case: reports arrive in offset order
+                span[1] = offset
             elif offset < span[0]:
                 span[0] = offset
-            elif offset > span[1]:
-                span[1] = offset
             return
         self._failed += 1
         if len(self._failures) < MAX_FAILURES_KEPT:
@@ -151,7 +154,10 @@ class BatchProducer:
         timestamp_ms: int | None = None,
     ) -> None:
         """Queue one record (non-blocking unless the local queue is full)."""
-        kwargs: dict[str, object] = {"on_delivery": self._on_delivery}
+        if not headers and partition is None and timestamp_ms is None:
+            self.produce_many(topic, ((key, value),))
+            return
+        kwargs: dict[str, object] = {"on_delivery": self._report}
         if headers:
             kwargs["headers"] = headers
         if partition is not None:
@@ -165,6 +171,27 @@ class BatchProducer:
         self._produced += 1
         if self._produced % _POLL_EVERY == 0:
             self._producer.poll(0)
+
+    def produce_many(
+        self, topic: str, messages: Iterable[tuple[bytes | str | None, bytes | str | None]]
+    ) -> None:
+        """:meth:`produce` every ``(key, value)`` of ``messages`` to ``topic`` (the hot path:
+        no per-record keyword arguments or method calls)."""
+        produce, poll, report = self._producer.produce, self._producer.poll, self._report
+        produced = self._produced
+        try:
+            for key, value in messages:
+                try:
+                    # positional: topic, value, key, partition (-1: the partitioner's), callback
+                    produce(topic, value, key, -1, report)
+                except BufferError:
+                    self._produced = produced
+                    self._produce_when_room(topic, key, value, {"on_delivery": report})
+                produced += 1
+                if not produced % _POLL_EVERY:
+                    poll(0)
+        finally:
+            self._produced = produced
 
     def _produce_when_room(
         self,
@@ -207,6 +234,6 @@ class BatchProducer:
             if failed:
                 parts.append(f"{failed} of {report.produced} records failed delivery")
             if remaining:
-                parts.append(f"{remaining} still undelivered after {timeout:g}s")
+                parts.append(f"{remaining} still undelivered after {timeout:g}s ({BROKER_HINT})")
             raise ProduceError(" and ".join(parts), failures, failed, remaining)
         return report

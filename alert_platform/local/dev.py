@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -131,17 +132,39 @@ def start_dagster(
 
 
 def stop_dagster(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """Ask `dagster dev` to shut down (SIGINT, as Ctrl-C would), then force its group."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+    """Ask `dagster dev` to shut down (SIGINT, as Ctrl-C would), then force its group.
+
+    `dagster dev` may exit while its code server still waits for an in-progress run (and that
+    run's worker keeps going against a stack about to stop): whatever is left of its process
+    group is terminated too, so nothing outlives `alert-platform dev`.
+    """
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+    _end_group(process.pid)
+
+
+def _end_group(pgid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM what is left of process group ``pgid``, SIGKILL it after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 def _print_banner(settings: Settings, dagster_home: Path) -> None:
@@ -163,6 +186,7 @@ def _print_banner(settings: Settings, dagster_home: Path) -> None:
 
 def run_dev(settings: Settings, *, demo_events: int = 20, ui_timeout_s: float = 180.0) -> int:
     """Start the stack, create topics, seed demo data, run Dagster until interrupted."""
+    from alert_platform.cli import _require_broker
     from alert_platform.kafka.admin import create_topics
     from alert_platform.local.bigquery_seed import seed_warehouse
     from alert_platform.local.demo import build_demo_data, produce_events, produce_lookup_tables
@@ -179,6 +203,8 @@ def run_dev(settings: Settings, *, demo_events: int = 20, ui_timeout_s: float = 
     try:
         print("Starting the local stack (Kafka, BigQuery emulator, Slack sandbox)...", flush=True)
         stack.up()
+        # KAFKA_BOOTSTRAP_SERVERS may name another (non-local) broker: fail fast if it is down.
+        _require_broker(settings)
         created = create_topics(settings)
         print(f"Topics ready ({len(created)} created).", flush=True)
         seeded = seed_warehouse(settings)

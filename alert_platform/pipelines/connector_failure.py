@@ -71,7 +71,7 @@ from alert_platform.slack.blocks import (
     display,
     mrkdwn,
 )
-from alert_platform.slack.mrkdwn import escape_truncate, needs_escape
+from alert_platform.slack.mrkdwn import escape_truncate
 from alert_platform.topics import NOTIFICATIONS
 
 NAME = "connector_failure"
@@ -113,7 +113,11 @@ def parse(record: SourceRecord) -> Parsed:
         raise BadRecord(f"value is {kind_of(document)}, expected a JSON object")
     data = document.get("data")
     if type(data) is str:
-        if PROVISIONING not in data and "\\u" not in data:
+        # PROVISIONING not in data and "\\u" not in data, with a one-character search
+        # (memchr) first: most data strings hold neither a "P" nor a backslash
+        if ("P" not in data or PROVISIONING not in data) and (
+            "\\" not in data or "\\u" not in data
+        ):
             return _NOT_OURS
         try:
             data = _loads(data)
@@ -314,7 +318,7 @@ def make_renderer(options: RenderOptions) -> Renderer:
     """Compile (once per batch) the renderer for ``options``."""
     plain, with_button = _templates()
     build_url = _url_builder(options.console_url_template) if options.console_url_template else None
-    fill_plain, fill_button = plain.fill_seq, with_button.fill_seq
+    fill_plain, fill_button = plain.filler(), with_button.filler()  # values positional
     message = tuple.__new__  # SlackMessage(...) without the NamedTuple's Python-level __new__
 
     def render(context: Context) -> SlackMessage:
@@ -322,27 +326,30 @@ def make_renderer(options: RenderOptions) -> Renderer:
         assignment = context.rows.get("assignment") or {}
         org_id = fields["org_id"]
         account = assignment.get("account_name")
-        values = [  # in _NAMES order
-            fields["connector_name"] or EMPTY,
-            fields["connector_id"],
-            org_id,
-            fields["env_id"],
-            account if type(account) is str and account else display(account),
-            PROVISIONING,
-            fields["connector_new_status"] or EMPTY,
-            date_token(fields["event_epoch"], fields["event_time"]),
-            assignee_line(context),
-        ]
-        if len(org_id) > _ORG_TEXT_MAX or needs_escape(org_id):
+        if type(account) is not str or not account:
+            account = display(account)
+        # the values in _NAMES order
+        name = fields["connector_name"] or EMPTY
+        new_status = fields["connector_new_status"] or EMPTY
+        when = date_token(fields["event_epoch"], fields["event_time"])
+        assignee = assignee_line(context)
+        if len(org_id) > _ORG_TEXT_MAX or "&" in org_id or "<" in org_id or ">" in org_id:
             text = f"Connector Failure for Org {escape_truncate(org_id, _ORG_TEXT_MAX)}!"
         else:
             text = f"Connector Failure for Org {org_id}!"
+        connector_id, env_id = fields["connector_id"], fields["env_id"]
         if build_url is not None:
             url = build_url(fields)
             if len(url) <= URL_MAX:
-                values.append(url)
-                return message(SlackMessage, (text, fill_button(values)))
-        return message(SlackMessage, (text, fill_plain(values)))
+                blocks = fill_button(
+                    name, connector_id, org_id, env_id, account, PROVISIONING, new_status, when,
+                    assignee, url,
+                )  # fmt: skip
+                return message(SlackMessage, (text, blocks))
+        blocks = fill_plain(
+            name, connector_id, org_id, env_id, account, PROVISIONING, new_status, when, assignee
+        )
+        return message(SlackMessage, (text, blocks))
 
     return render
 

@@ -14,13 +14,14 @@ never wedge a partition; the batch always completes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import orjson
 
+from alert_platform.delivery.messages import ALERT_ID_MAX
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.pipelines.spec import (
     BadRecord,
@@ -90,6 +91,13 @@ class BatchResult:
     counts: BatchCounts = field(default_factory=BatchCounts)
 
 
+def _getter(lookup: Lookup) -> Callable[[str], Mapping[str, Any] | None]:
+    """``lookup.get``, or the plain function a lookup offers for hot loops (``getter()``,
+    e.g. :meth:`~alert_platform.tables.lookup.LookupTable.getter`)."""
+    getter = getattr(lookup, "getter", None)
+    return getter() if callable(getter) else lookup.get
+
+
 def _unexpected(exc: Exception) -> str:
     return f"unexpected {type(exc).__name__}: {exc}"
 
@@ -121,7 +129,8 @@ def enrich_batch(
     alert_id_of = compile_template(spec.alert_id)
     event_time_field = spec.event_time_field
     joins = tuple(
-        (join.key, tables[join.table].get, join.kind == "inner", join.as_) for join in spec.joins
+        (join.key, _getter(tables[join.table]), join.kind == "inner", join.as_)
+        for join in spec.joins
     )
     route_channel = spec.route.channel
     intended = tuple(spec.route.intended_for.items())
@@ -186,6 +195,11 @@ def enrich_batch(
                 channel = fallback_channel
             context.channel_id = channel
             alert_id = alert_id_of(fields)
+            if len(alert_id) > ALERT_ID_MAX:  # the ledger could not claim it: never deliverable
+                raise BadRecord(
+                    f"alert id is {len(alert_id)} characters long, more than the delivery "
+                    f"ledger's {ALERT_ID_MAX}"
+                )
             event_time = fields[event_time_field]
             text, blocks = render(context)
             topic, partition, offset, timestamp_ms = record[:4]

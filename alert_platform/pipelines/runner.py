@@ -8,9 +8,12 @@ assignment written before an event is always seen by that event's join.
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from confluent_kafka import Consumer
@@ -26,6 +29,16 @@ from alert_platform.run_index import RunIndex
 from alert_platform.settings import Settings
 from alert_platform.tables.specs import TABLE_SPECS
 from alert_platform.tables.topic_loader import LoadedTable, load_table
+
+# librdkafka stops prefetching once its local queue holds ``queued.min.messages`` or
+# ``queued.max.messages.kbytes`` and then waits ``fetch.queue.backoff.ms`` (default 1000 ms)
+# before it fetches again: a reader that keeps up with the broker then stalls for up to a second
+# every time the queue ran full (measured, 500k events of ~670 bytes: 2.8 s instead of 0.9 s to
+# read the range). A short backoff keeps the queue topped up.
+RUN_CONSUMER_CONFIG: dict[str, str | int | bool] = {"fetch.queue.backoff.ms": 10}
+
+_timestamp_ms = attrgetter("timestamp_ms")  # of a SourceRecord
+_key_value = attrgetter("key", "value")  # of an Alert
 
 
 @dataclass
@@ -104,38 +117,38 @@ def run_enrichment(
     """
     started = time.monotonic()
     report = EnrichmentReport(spec.name)
-    consumer = make_consumer(settings)
+    consumer = make_consumer(settings, **RUN_CONSUMER_CONFIG)
     out = BatchProducer(make_producer(settings))
-    try:
-        report.tables = (
-            dict(tables) if tables is not None else load_join_tables(settings, spec, consumer)
-        )
-        report.tables_s = time.monotonic() - started
-        lookups = {name: loaded.table for name, loaded in report.tables.items()}
-        options = RenderOptions.from_settings(settings)
-        for rng in ranges:
-            stats = RangeStats(rng)
-            report.ranges.append(stats)
-            for batch in read_range(consumer, rng, batch_size):
-                stats.records += len(batch)
-                stats.observe([record.timestamp_ms for record in batch])
-                if window_ms is not None:
-                    start_ms, end_ms = window_ms
-                    kept = [r for r in batch if start_ms <= r.timestamp_ms < end_ms]
-                    report.outside_window += len(batch) - len(kept)
-                    batch = kept
-                result = enrich_batch(spec, batch, lookups, options)
-                for alert in result.alerts:
-                    out.produce(topics.SLACK_MESSAGES, alert.key, alert.value)
-                for dead in result.dead_letters:
-                    message = encode_dead_letter(dead)
-                    out.produce(topics.ALERTS_DLQ, message.key, message.value, message.headers)
-                stats.alerts += result.counts.alerts
-                report.counts = report.counts + result.counts
-        flushed = out.flush()
-        report.written = flushed.written_ranges()
-    finally:
-        consumer.close()
+    with _cyclic_gc_paused():
+        try:
+            report.tables = (
+                dict(tables) if tables is not None else load_join_tables(settings, spec, consumer)
+            )
+            report.tables_s = time.monotonic() - started
+            lookups = {name: loaded.table for name, loaded in report.tables.items()}
+            options = RenderOptions.from_settings(settings)
+            for rng in ranges:
+                stats = RangeStats(rng)
+                report.ranges.append(stats)
+                for batch in read_range(consumer, rng, batch_size):
+                    stats.records += len(batch)
+                    stats.observe(list(map(_timestamp_ms, batch)))
+                    if window_ms is not None:
+                        start_ms, end_ms = window_ms
+                        kept = [r for r in batch if start_ms <= r.timestamp_ms < end_ms]
+                        report.outside_window += len(batch) - len(kept)
+                        batch = kept
+                    result = enrich_batch(spec, batch, lookups, options)
+                    out.produce_many(topics.SLACK_MESSAGES, map(_key_value, result.alerts))
+                    for dead in result.dead_letters:
+                        message = encode_dead_letter(dead)
+                        out.produce(topics.ALERTS_DLQ, message.key, message.value, message.headers)
+                    stats.alerts += result.counts.alerts
+                    report.counts = report.counts + result.counts
+            flushed = out.flush()
+            report.written = flushed.written_ranges()
+        finally:
+            consumer.close()
     if index is not None and window_ms is None:
         for stats in report.ranges:
             index.record(
@@ -149,3 +162,22 @@ def run_enrichment(
             )
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Run with the cyclic garbage collector paused (and as it was again afterwards).
+
+    A run allocates hundreds of thousands of container objects per range (consumed messages,
+    records, parsed events), freed by reference counting: the hot path keeps no cycles. With
+    the collector on, those allocations trigger collections that re-scan every live container
+    (the lookup tables' columns among them). Measured, 500k events: the run ~20% faster, the
+    consumer's ``consume()`` calls 2.5x faster.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

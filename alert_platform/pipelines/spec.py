@@ -39,7 +39,7 @@ import orjson
 
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.slack.blocks import display
-from alert_platform.slack.mrkdwn import escape, escape_truncate, needs_escape
+from alert_platform.slack.mrkdwn import escape, escape_truncate
 
 if TYPE_CHECKING:
     from alert_platform.settings import Settings
@@ -279,21 +279,51 @@ def format_rfc3339(moment: datetime) -> str:
 
 _UTC_Z = re.compile(r"(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}:\d{2})(?:\.\d+)?Z", re.ASCII)
 _fromisoformat = datetime.fromisoformat
+# "YYYY-MM-DDTHH:MM:SS" prefixes of ``...Z`` times seen valid -> their epoch second. Events of
+# a batch share their seconds, so most times are done with a slice and a dict lookup.
+_SECONDS: dict[str, int] = {}
+_SECONDS_MAX = 4096
+_MICROS_PER = (0, 100_000, 10_000, 1_000, 100, 10, 1)  # by number of fraction digits (<= 6)
+_PADDING = ("", "00000Z", "0000Z", "000Z", "00Z", "0Z", "Z")  # to six digits, and the Z
+# Below this epoch second (year 2242), seconds + microseconds / 10**6 as a float never rounds
+# up to the next second, so the truncated timestamp is the second itself.
+_EXACT_SECONDS = 2**33
 
 
 def rfc3339_utc(value: Any, what: str = "time") -> tuple[str, int]:
     """``(canonical UTC string, epoch seconds)`` of an RFC 3339 timestamp, as
     :func:`format_rfc3339` of :func:`parse_rfc3339`, with a fast path for ``...Z`` input."""
-    if type(value) is str and (match := _UTC_Z.fullmatch(value)) is not None:
-        try:
-            moment = _fromisoformat(value)
-        except ValueError:
-            pass  # out-of-range field: the general path words the reason
-        else:
-            micros = moment.microsecond
-            if micros:
-                return f"{match[1]}T{match[2]}.{micros:06d}Z", int(moment.timestamp())
-            return f"{match[1]}T{match[2]}Z", int(moment.timestamp())
+    if type(value) is str:
+        seconds = _SECONDS.get(value[:19])
+        if seconds is not None:  # a known valid date and time: the rest must be Z or .digits Z
+            rest = value[19:]
+            if rest == "Z":
+                return value, seconds
+            digits = rest[1:-1]
+            if rest[:1] == "." and rest[-1:] == "Z" and digits.isdigit() and digits.isascii():
+                digits = digits[:6]  # like fromisoformat: further digits are dropped
+                if not int(digits):
+                    return f"{value[:19]}Z", seconds
+                if not 0 <= seconds < _EXACT_SECONDS:
+                    # as datetime.timestamp(): microseconds since the epoch / 10**6, truncated
+                    micros = int(digits) * _MICROS_PER[len(digits)]
+                    seconds = int((seconds * 1_000_000 + micros) / 1_000_000)
+                if len(rest) == 8:  # six digits: already canonical
+                    return value, seconds
+                return value[:20] + digits + _PADDING[len(digits)], seconds
+        elif (match := _UTC_Z.fullmatch(value)) is not None:
+            try:
+                moment = _fromisoformat(value)
+            except ValueError:
+                pass  # out-of-range field: the general path words the reason
+            else:
+                if len(_SECONDS) >= _SECONDS_MAX:
+                    _SECONDS.clear()
+                _SECONDS[value[:19]] = int(moment.replace(microsecond=0).timestamp())
+                micros = moment.microsecond
+                if micros:
+                    return f"{match[1]}T{match[2]}.{micros:06d}Z", int(moment.timestamp())
+                return f"{match[1]}T{match[2]}Z", int(moment.timestamp())
     moment = parse_rfc3339(value, what)
     return format_rfc3339(moment), int(moment.timestamp())
 
@@ -342,10 +372,20 @@ def assignee_line(context: Context) -> str:
     meant for and why. Reads the ``assignment`` row of :func:`assignee_joins`."""
     assignment = context.rows.get("assignment") or {}
     name = assignment.get("csdr_name")
-    if type(name) is not str or not name or len(name) > PERSON_MAX or needs_escape(name):
+    if (
+        type(name) is not str
+        or not name
+        or len(name) > PERSON_MAX
+        or "&" in name  # needs_escape(), inline: this is the hot path
+        or "<" in name
+        or ">" in name
+    ):
         name = _person(name)
     if context.intended_for is None:
-        return f"Assigned to <@{escape(context.channel_id)}> ({name})"
+        channel = context.channel_id
+        if "&" in channel or "<" in channel or ">" in channel:
+            channel = escape(channel)
+        return f"Assigned to <@{channel}> ({name})"
     email = assignment.get("csdr_email")
     if email:
         who = f"*{name}* ({_person(email)})"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from operator import itemgetter, le
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -146,6 +146,10 @@ class BlockTemplate:
         self._untrusted = _picker(self._escape_at)
         self._caps = self._value_caps()
         self._min_cap = min(self._caps, default=0)
+        # (cap, value index), smallest cap first: only values whose cap lies below the total
+        # length of all values can be over their cap
+        self._by_cap = tuple(sorted((cap, index) for index, cap in enumerate(self._caps)))
+        self._fill_fast = self._compile_filler()
 
     # -- compile time -------------------------------------------------------------------
 
@@ -194,20 +198,87 @@ class BlockTemplate:
         return self.fill_seq([values[name] for name in self.names])
 
     def fill_seq(self, vals: list[str]) -> orjson.Fragment:
-        """:meth:`fill` with the values given in :attr:`names` order (the hot path).
+        """:meth:`fill` with the values given in :attr:`names` order.
 
         ``vals`` may be modified in place (escaping).
         """
+        if len(vals) != len(self.names):
+            return self._fill_general(vals)
+        return self._fill_fast(*vals)
+
+    def filler(self) -> Callable[..., orjson.Fragment]:
+        """The hot path: a function of the values, positional in :attr:`names` order, that
+        returns what :meth:`fill_seq` returns (``filler()(*vals) == fill_seq(vals)``).
+
+        Generated once per template: straight-line code for the usual values (nothing to
+        escape, every value within its cap, JSON-safe ASCII), one f-string for the JSON text;
+        anything else goes the general way.
+        """
+        return self._fill_fast
+
+    def _compile_filler(self) -> Callable[..., orjson.Fragment]:
+        general = self._fill_general
+        count = len(self.names)
+        if count > 60:  # keep the generated code small: such layouts take the general way
+            return lambda *vals: general(list(vals))
+        params = [f"v{i}" for i in range(count)]
+        listed = "[" + ", ".join(params) + "]"
+        every = "(" + "".join(f"{p}, " for p in params) + ")"
+        untrusted = "(" + "".join(f"v{i}, " for i in self._escape_at) + ")"
+        env: dict[str, Any] = {"_general": general, "_dumps": _dumps, "_Fragment": orjson.Fragment}
+        # the same checks, in the same order, as _fill_general (so also the same errors)
+        lines = [
+            f"def fill({', '.join(params)}):",
+            f"    u = ''.join({untrusted})",
+            "    if '&' in u or '<' in u or '>' in u:",
+            f"        return _general({listed})",
+            f"    a = ''.join({every})",
+            "    total = len(a)",
+        ]
+        indent = "    "
+        for cap, index in self._by_cap:  # a value can only be over its cap if the total is
+            lines += [
+                f"{indent}if total > {cap}:",
+                f"{indent}    if len(v{index}) > {cap}:",
+                f"{indent}        return _general({listed})",
+            ]
+            indent += "    "
+        lines += [
+            "    if not (a.isascii() and len(_dumps(a)) == total + 2):",
+            f"        return _general({listed})",
+        ]
+        parts = []
+        for position, piece in enumerate(self._pieces):
+            if position % 2:
+                parts.append(f"{{v{self._position_names[position // 2]}}}")
+            elif piece:
+                env[f"_s{position}"] = piece
+                parts.append(f"{{_s{position}}}")
+        lines.append(f'    return _Fragment(f"{"".join(parts)}".encode())')
+        exec(compile("\n".join(lines) + "\n", "<BlockTemplate.filler>", "exec"), env)
+        return env["fill"]
+
+    def _fill_general(self, vals: list[str]) -> orjson.Fragment:
+        """:meth:`fill_seq` for any values: escapes, cuts to the limits, JSON-escapes."""
         untrusted = "".join(self._untrusted(vals))
         if "&" in untrusted or "<" in untrusted or ">" in untrusted:
             for i in self._escape_at:
                 vals[i] = escape(vals[i])
-        lengths = list(map(len, vals))
-        if max(lengths, default=0) <= self._min_cap or all(map(le, lengths, self._caps)):
+        joined = "".join(vals)
+        total = len(joined)
+        fits = True
+        if total > self._min_cap:  # else no value can exceed its cap
+            for cap, index in self._by_cap:
+                if cap >= total:
+                    break  # this value and the rest are shorter than their caps
+                if len(vals[index]) > cap:
+                    fits = False
+                    break
+        if fits:
             args = self._pick(vals)
         else:
             args = self._fit(vals)
-        joined = "".join(args)
+            joined = "".join(args)  # cuts add an ellipsis
         # JSON-safe as is: ASCII that orjson would not escape (no quote, backslash, control)
         if not (joined.isascii() and len(_dumps(joined)) == len(joined) + 2):
             args = tuple(_dumps(arg)[1:-1].decode() for arg in args)

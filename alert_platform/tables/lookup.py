@@ -26,7 +26,7 @@ Normalise = Callable[[str], str]
 class LookupTable:
     """Columnar rows keyed for joins; satisfies the pipelines' ``Lookup`` protocol."""
 
-    __slots__ = ("_data", "_index", "_items", "_keys", "_normalise", "key_column", "name")
+    __slots__ = ("_data", "_get", "_index", "_items", "_keys", "_normalise", "key_column", "name")
 
     def __init__(
         self,
@@ -48,6 +48,7 @@ class LookupTable:
         self._items = tuple(self._data.items())
         self._keys: list[str] = []
         self._index: dict[str, int] = {}
+        self._get = _compile_get(self._index, self._data, normalise_key)
 
     # -- building ----------------------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class LookupTable:
         table._items = tuple(data.items())
         table._keys = keys
         table._index = index
+        table._get = _compile_get(index, data, normalise_key)
         return table
 
     # -- reading -----------------------------------------------------------------------------
@@ -125,12 +127,14 @@ class LookupTable:
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The row for ``key`` as a fresh dict, or ``None``."""
-        if self._normalise is not None:
-            key = self._normalise(key)
-        index = self._index.get(key)
-        if index is None:
-            return None
-        return {column: values[index] for column, values in self._items}
+        return self._get(key)
+
+    def getter(self) -> Callable[[str], dict[str, Any] | None]:
+        """A function that does what :meth:`get` does, for hot loops (no method call).
+
+        It reads this table's storage as it is when called, so it stays valid while the table
+        changes (upserts, deletes)."""
+        return self._get
 
     def __contains__(self, key: object) -> bool:
         if self._normalise is not None and isinstance(key, str):
@@ -198,5 +202,40 @@ class LookupTable:
             else:
                 self.upsert(key, row)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the compiled getter is rebuilt, not pickled
+        return {name: getattr(self, name) for name in self.__slots__ if name != "_get"}
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._get = _compile_get(self._index, self._data, self._normalise)
+
     def __repr__(self) -> str:
         return f"LookupTable({self.name!r}, key={self.key_column!r}, rows={len(self)})"
+
+
+def _compile_get(
+    index: dict[str, int], data: dict[str, list[Any]], normalise: Normalise | None
+) -> Callable[[str], dict[str, Any] | None]:
+    """``get`` for these storage objects: one dict display with the columns spelled out.
+
+    Measured (45k-row table, random keys): about half the time of a dict comprehension over
+    the columns. The column lists are only ever changed in place, so the function stays bound
+    to the table's current rows.
+    """
+    names = list(data)
+    env: dict[str, Any] = {"_index_get": index.get, "_normalise": normalise}
+    for number, column in enumerate(names):
+        env[f"_c{number}"] = data[column]
+    row = ", ".join(f"{column!r}: _c{number}[index]" for number, column in enumerate(names))
+    source = (
+        "def get(key):\n"
+        + ("    key = _normalise(key)\n" if normalise is not None else "")
+        + "    index = _index_get(key)\n"
+        + "    if index is None:\n"
+        + "        return None\n"
+        + f"    return {{{row}}}\n"
+    )
+    exec(compile(source, "<LookupTable.get>", "exec"), env)  # columns are repr()-quoted
+    return env["get"]

@@ -22,7 +22,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from alert_platform.kafka.clients import make_consumer
-from alert_platform.kafka.offsets import OffsetRange, low_watermarks, probe_end_offsets
+from alert_platform.kafka.offsets import OffsetRange, probe_watermarks
 from alert_platform.kafka.reader import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT_S, read_range
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.settings import Settings
@@ -105,8 +105,9 @@ def catch_up(
     """
     started = time.monotonic()
     stats = CatchUpStats()
-    ends = probe_end_offsets(consumer, topic)
-    lows = low_watermarks(consumer, topic, list(ends))
+    probed = probe_watermarks(consumer, topic)
+    lows = {partition: low for partition, (low, _end) in probed.items()}
+    ends = {partition: end for partition, (_low, end) in probed.items()}
     ahead = {p: o for p, o in offsets.items() if o > ends.get(p, 0)}
     if ahead:
         raise OffsetsAhead(
@@ -203,13 +204,14 @@ def load_table(
     if consumer is None:
         consumer = make_consumer(settings)
     try:
-        run = _catch_up_spec
         try:
-            offsets, stats = run(table, offsets, consumer, table_spec, batch_size, timeout_s)
+            offsets, stats = _catch_up_spec(
+                table, offsets, consumer, table_spec, batch_size, timeout_s
+            )
         except OffsetsAhead as exc:
             notes.append(f"ignoring snapshot {path}: {exc}; rebuilding from the topic")
             table, rebuilt = table_spec.new_table(), True
-            offsets, stats = run(table, {}, consumer, table_spec, batch_size, timeout_s)
+            offsets, stats = _catch_up_spec(table, {}, consumer, table_spec, batch_size, timeout_s)
     finally:
         if own_consumer:
             consumer.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from alert_platform.kafka.tailing import (
     MISSING_RUN_GRACE_S,
     RunState,
@@ -154,3 +156,62 @@ def test_ranges_handled_without_a_run_leave_the_pending_list() -> None:
     cursor = drop_ranges(plan.cursor, handled)
     assert [p.range for p in cursor.pending] == [plan.requests[1].range]
     assert cursor.next_offsets == plan.cursor.next_offsets
+
+
+def test_partition_recreated_behind_the_cursor_restarts_at_the_low_watermark() -> None:
+    """A broker with memory storage restarted (or the topic was recreated): the partition now
+    ends before the cursor's next offset. The sensor must neither strand the new records nor
+    keep retrying the ranges of the old partition."""
+    first = tick(TailCursor(), {0: 300, 1: 40}, max_records_per_run=100)
+    failed = {r.run_key: RunState.FAILED for r in first.requests}
+    plan = tick(first.cursor, {0: 25, 1: 40}, states=failed, now=1001.0)
+    # Partition 0 starts over: one range over the new records, its old ranges are dropped.
+    assert [(r.range.partition, r.range.start, r.range.end, r.attempt) for r in plan.requests] == [
+        (1, 0, 40, 1),  # partition 1 still holds its range: retried as usual
+        (0, 0, 25, 0),
+    ]
+    assert plan.cursor.next_offsets == {0: 25, 1: 40}
+    assert sorted(p.range.partition for p in plan.cursor.pending) == [0, 1]
+    assert len(plan.notes) == 2
+    assert plan.notes[0].startswith("events[0]: the partition ends at 25, before the next")
+    assert "dropping 3 pending range(s)" in plan.notes[0]
+    # Once its runs succeed, the partition carries on from the new end.
+    done = {p.run_key: RunState.SUCCEEDED for p in plan.cursor.pending}
+    later = tick(plan.cursor, {0: 30, 1: 40}, states=done, now=1002.0)
+    assert [(r.range.start, r.range.end) for r in later.requests] == [(25, 30)]
+    assert later.notes == ()
+
+
+def test_partition_emptied_by_a_restart_waits_for_new_records() -> None:
+    first = tick(TailCursor(), {0: 50})
+    plan = tick(first.cursor, {0: 0})
+    assert plan.requests == ()
+    assert plan.cursor.next_offsets == {0: 0}
+    assert plan.cursor.pending == ()
+    nxt = tick(plan.cursor, {0: 7})
+    assert [(r.range.start, r.range.end) for r in nxt.requests] == [(0, 7)]
+
+
+def test_retry_backoff_base_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alert_platform.kafka import tailing
+    from alert_platform.settings import ConfigError
+
+    monkeypatch.setenv(tailing.RETRY_BACKOFF_BASE_ENV, "1.5")
+    assert tailing._backoff_base() == 1.5
+    monkeypatch.setenv(tailing.RETRY_BACKOFF_BASE_ENV, "")
+    assert tailing._backoff_base() == 15.0
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv(tailing.RETRY_BACKOFF_BASE_ENV, bad)
+        with pytest.raises(ConfigError, match=tailing.RETRY_BACKOFF_BASE_ENV):
+            tailing._backoff_base()
+
+
+def test_recreated_partition_also_settles_one_tick() -> None:
+    first = tick(TailCursor(), {0: 50}, settle_one_tick=True)
+    second = tick(first.cursor, {0: 50}, settle_one_tick=True)
+    assert [(r.range.start, r.range.end) for r in second.requests] == [(0, 50)]
+    done = {r.run_key: RunState.SUCCEEDED for r in second.requests}
+    reset = tick(second.cursor, {0: 20}, states=done, settle_one_tick=True)
+    assert reset.requests == () and reset.cursor.next_offsets == {0: 0}
+    after = tick(reset.cursor, {0: 20}, settle_one_tick=True)
+    assert [(r.range.start, r.range.end) for r in after.requests] == [(0, 20)]
