@@ -181,10 +181,19 @@ def kafka_bench(records: int) -> None:
                 costs.append(time.perf_counter() - t0)
                 consumer.close()
             assert sum(ends.values()) == records, ends
-            print(
-                f"probe_end_offsets, 4 partitions, fresh consumer: median "
-                f"{statistics.median(costs) * 1000:.1f} ms, max {max(costs) * 1000:.1f} ms"
-            )
+            consumer = make_consumer(settings)
+            warm = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                probe_end_offsets(consumer, topic)
+                warm.append(time.perf_counter() - t0)
+            consumer.close()
+            for label, samples in (("fresh consumer", costs), ("reused consumer", warm)):
+                print(
+                    f"probe_end_offsets, 4 partitions, {label}: median "
+                    f"{statistics.median(samples) * 1000:.1f} ms, "
+                    f"max {max(samples) * 1000:.1f} ms"
+                )
 
             ranges = [OffsetRange(topic, p, 0, end) for p, end in sorted(ends.items())]
             consumer = make_consumer(settings)

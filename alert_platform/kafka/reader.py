@@ -103,9 +103,6 @@ def read_range(
             finally:
                 if gc_enabled:
                     gc.enable()
-            # Free the consumed messages now, while they are still in the CPU cache: kept until
-            # the next consume() they are freed after the caller's work has evicted them.
-            del messages
             if eof is not None:
                 eof_at = eof
             if error is not None:

@@ -84,7 +84,8 @@ TEXT_LABELS = ("connector_name", "connector_new_status")
 URL_FIELDS = ("org_id", "env_id", "connector_id", "connector_name")
 _ORG_TEXT_MAX = MESSAGE_TEXT_MAX - len("Connector Failure for Org !")
 
-Parsed = tuple[dict[str, Any], dict[str, Any]]  # (event document, data.labels)
+# (event document, data.labels, whether labels.connector_old_status is "Provisioning")
+Parsed = tuple[dict[str, Any], dict[str, Any], bool]
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
@@ -95,8 +96,9 @@ def parse(record: SourceRecord) -> Parsed:
 
     The value must be a JSON object. Past that, problems are reported only for events that
     could be provisioning failures: an event whose text cannot spell ``Provisioning`` is
-    returned as "not ours" (empty labels, so the filter drops it) without a closer look, which
-    also spares parsing ``data`` strings of the events we drop.
+    returned as "not ours" (empty labels, flagged not a provisioning failure, so the filter
+    drops it) without a closer look, which also spares parsing ``data`` strings of the events
+    we drop.
     """
     value = record.value
     if value is None:
@@ -128,7 +130,7 @@ def parse(record: SourceRecord) -> Parsed:
     if type(data) is dict:
         labels = data.get("labels")
         if type(labels) is dict:
-            return document, labels
+            return document, labels, labels.get("connector_old_status") == PROVISIONING
     if not could_be_provisioning(value):
         return _NOT_OURS
     if type(data) is not dict:
@@ -140,7 +142,7 @@ def parse(record: SourceRecord) -> Parsed:
     raise BadRecord(f"data.labels is {kind_of(data['labels'])}, expected an object")
 
 
-_NOT_OURS: Parsed = ({}, {})
+_NOT_OURS: Parsed = ({}, {}, False)
 
 
 def could_be_provisioning(value: bytes) -> bool:
@@ -149,14 +151,14 @@ def could_be_provisioning(value: bytes) -> bool:
     return b"Provisioning" in value or b"\\u" in value
 
 
-def keep(parsed: Parsed) -> bool:
-    """Only connectors that failed while provisioning."""
-    return parsed[1].get("connector_old_status") == PROVISIONING
+# The filter: only connectors that failed while provisioning (parse compared the old status;
+# a C-level getter, so the filter costs no Python call per event).
+keep: Callable[[Parsed], bool] = itemgetter(2)
 
 
 def validate(record: SourceRecord, parsed: Parsed) -> dict[str, Any]:
     """The fields of a provisioning failure, or a :class:`BadRecord` naming what is wrong."""
-    document, labels = parsed
+    document, labels, _ = parsed
     key = record.key
     if key is None:
         raise BadRecord("record has no key")
