@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results: dict[str, Any] = {
         "meta": {
-            "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "command": " ".join(
+                ["python -m bench", shlex.join(sys.argv[1:] if argv is None else argv)]
+            ).strip(),
             "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": _commit(),
             "quick": args.quick,
