@@ -33,8 +33,11 @@ Requirement: enrichment (tables included) >= 120,000 events/s and >= 0.45x the r
 With ``--rounds N`` the pairs are repeated and the best figure of each side is used.
 
 Each measurement also prints the CPU seconds of this process, of the broker and of every other
-process on the machine (``/proc/stat``): the figures assume an otherwise idle 2-core machine,
-and a measurement during which other processes used more than 10% of a core is flagged.
+process on the machine (``/proc/stat``), and the host's speed just before it (ns per empty loop
+iteration, as ``bench_engine`` prints): the figures assume an otherwise idle 2-core machine at
+its usual speed (about 11 ns per iteration); a measurement during which other processes used
+more than 10% of a core is flagged. On a shared host the speed itself varies (measured 11 to
+45 ns within an hour, with this VM idle): compare runs at similar speeds.
 """
 
 from __future__ import annotations
@@ -110,6 +113,15 @@ def _busy_cpu_s() -> float:
         return 0.0
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def calibrate() -> float:
+    """Nanoseconds per iteration of an empty ``for`` loop: how fast this host runs Python right
+    now (the same figure as ``bench_engine``; on a shared host it varies from run to run)."""
+    started = time.process_time()
+    for _ in range(3_000_000):
+        pass
+    return (time.process_time() - started) / 3_000_000 * 1e9
 
 
 def _self_cpu_s() -> float:
@@ -238,6 +250,7 @@ def measure(
 ) -> dict[str, Any]:
     """One timed measurement on a broker that holds the workload."""
     gc.collect()
+    loop_ns = calibrate()
     broker_cpu, own_cpu, busy = _cpu_s(broker_pid), _self_cpu_s(), _busy_cpu_s()
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
@@ -260,6 +273,7 @@ def measure(
         "own_cpu_s": _self_cpu_s() - own_cpu,
         "broker_cpu_s": _cpu_s(broker_pid) - broker_cpu,
         "machine_busy_cpu_s": _busy_cpu_s() - busy,
+        "loop_ns": loop_ns,
         "problems": [],
     }
     other = result["machine_busy_cpu_s"] - result["own_cpu_s"] - result["broker_cpu_s"]
@@ -325,7 +339,8 @@ def _line(r: dict[str, Any]) -> str:
     text = (
         f"  {r['kind']:<10} {r['events']:,} events in {r['seconds']:.2f}s = "
         f"{r['events_s']:,.0f} events/s (own CPU {r['own_cpu_s']:.2f}s, "
-        f"broker CPU {r['broker_cpu_s']:.2f}s, other processes {r['other_cpu_s']:.2f}s)"
+        f"broker CPU {r['broker_cpu_s']:.2f}s, other processes {r['other_cpu_s']:.2f}s; "
+        f"empty loop {r['loop_ns']:.1f} ns)"
     )
     if r["kind"] == "enrichment":
         text += (
