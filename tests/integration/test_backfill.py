@@ -13,13 +13,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import AssetKey, DagsterInstance, RunRequest, SensorResult, build_sensor_context
+from dagster import AssetKey, DagsterInstance
 
 from alert_platform import topics
 from alert_platform.backfill import hour_partition_keys, partition_key_start
@@ -27,25 +27,29 @@ from alert_platform.cli import main
 from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.kafka.clients import make_consumer, make_producer
 from alert_platform.kafka.offsets import OffsetRange, probe_end_offsets
-from alert_platform.kafka.reader import read_range
 from alert_platform.kafka.tailing import TailCursor
 from alert_platform.local.demo import (
     build_demo_data,
-    connector_event,
     produce_events,
     produce_lookup_tables,
     slack_workspace,
 )
 from alert_platform.local.sandbox.control import SandboxControl
-from alert_platform.local.stack import LocalStack, free_port_settings
 from alert_platform.run_index import RunIndex
 from alert_platform.settings import Settings
 from sensors.topic_tail import current_hour_partition, range_run_config
-from tests.integration.test_dagster_flow import (
+from tests.integration.flow_helpers import (
+    FlowOptions,
+    alert_ids_on_topic,
+    connector_failure_alert_id,
+    connector_status_event,
     expected_alert_ids,
     latest_materialization_metadata,
+    posted_alert_ids,
+    repo,
     tick_and_run,
     tick_delivery,
+    topic_records,
 )
 
 pytestmark = pytest.mark.integration
@@ -55,56 +59,11 @@ ALERTS_ASSET = "connector_failure_alerts"
 DELIVERY_JOB = "slack_delivery_job"
 
 
-# -- fixtures (as in test_dagster_flow: a private broker, the session sandbox) -----------------
-
-
 @pytest.fixture(scope="module")
-def flow_settings(
-    tmp_path_factory: pytest.TempPathFactory, slack_settings: Settings
-) -> Iterator[Settings]:
-    from alert_platform.kafka.admin import create_topics
-
-    own = free_port_settings(tmp_path_factory.mktemp("backfill"))
-    stack = LocalStack(own, die_with_parent=True)
-    stack.up(["kafka"])
-    settings = own.with_overrides(
-        slack_api_url=slack_settings.slack_api_url, slack_bot_token=slack_settings.slack_bot_token
-    )
-    create_topics(settings)
-    try:
-        yield settings
-    finally:
-        stack.down()
-
-
-@pytest.fixture
-def platform_env(flow_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", flow_settings.bootstrap_servers)
-    monkeypatch.setenv("ALERT_PLATFORM_DATA_DIR", str(flow_settings.data_dir))
-    monkeypatch.setenv("SLACK_API_URL", flow_settings.slack_api_url)
-    monkeypatch.setenv("SLACK_BOT_TOKEN", flow_settings.slack_bot_token)
-    # These tests exercise the delivery sensor's path; enrichment must not deliver inline.
-    monkeypatch.setenv("ALERT_PLATFORM_INLINE_DELIVERY", "false")
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # only the instance a test hands over
-    return flow_settings
-
-
-@pytest.fixture
-def sandbox(flow_settings: Settings) -> Iterator[SandboxControl]:
-    control = SandboxControl(flow_settings.slack_api_url)
-    control.reset()
-    control.set_rate_limit(per_second=0, burst=0)
-    yield control
-    control.reset()
-    control.set_rate_limit(per_second=1, burst=3)
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    from dagster import instance_for_test
-
-    with instance_for_test() as instance:
-        yield instance
+def flow_options() -> FlowOptions:
+    """These tests exercise the delivery sensor's path: enrichment must not deliver inline; and
+    only the Dagster instance a test hands over is used."""
+    return FlowOptions(inline_delivery=False, clear_dagster_home=True)
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -118,34 +77,6 @@ def stay_within_the_hour(margin_s: float = 90.0) -> None:
     left = (next_hour - now).total_seconds()
     if left < margin_s:
         time.sleep(left + 1)
-
-
-def repo():
-    from alert_platform.definitions import defs
-
-    return defs, defs.get_repository_def()
-
-
-def evaluate_sensor(name: str, instance: DagsterInstance, cursor: str | None) -> SensorResult:
-    defs, repository = repo()
-    context = build_sensor_context(
-        instance=instance, cursor=cursor, resources=defs.resources, definitions=defs
-    )
-    result = repository.get_sensor_def(name)(context)
-    assert isinstance(result, SensorResult)
-    return result
-
-
-def execute(job_name: str, request: RunRequest, instance: DagsterInstance, **options: Any):
-    _defs, repository = repo()
-    tags = {**request.tags, "dagster/run_key": request.run_key}
-    return repository.get_job(job_name).execute_in_process(
-        run_config=request.run_config,
-        instance=instance,
-        partition_key=request.partition_key,
-        tags=tags,
-        **options,
-    )
 
 
 def run_alerts_backfill(instance: DagsterInstance, partition_key: str):
@@ -174,44 +105,6 @@ def parse_range(text: str) -> OffsetRange:
     return OffsetRange(topic, int(partition), int(start), int(end))
 
 
-def records_of(settings: Settings, topic: str) -> list[Any]:
-    consumer = make_consumer(settings)
-    try:
-        out = []
-        for partition, end in probe_end_offsets(consumer, topic).items():
-            for batch in read_range(consumer, OffsetRange(topic, partition, 0, end)):
-                out.extend(batch)
-        return out
-    finally:
-        consumer.close()
-
-
-def alert_ids_on_topic(settings: Settings) -> list[str]:
-    return [json.loads(r.value)["alert_id"] for r in records_of(settings, topics.SLACK_MESSAGES)]
-
-
-def posted_alert_ids(sandbox: SandboxControl) -> list[str]:
-    return sorted(m["metadata"]["event_payload"]["alert_id"] for m in sandbox.messages())
-
-
-def provisioning_failures(
-    org_ids: list[str], *, tag: str
-) -> tuple[list[tuple[str, dict[str, Any]]], set[str]]:
-    """One provisioning-failure event per org, and the alert ids they should produce."""
-    events, ids = [], set()
-    now = datetime.now(UTC)
-    for number, org_id in enumerate(org_ids):
-        event = connector_event(org_id, number, now)
-        labels = json.loads(event["data"])["labels"]
-        labels["connector_old_status"] = "Provisioning"
-        labels["connector_id"] = f"lcc-{tag}-{number}"
-        event["data"] = json.dumps({"labels": labels})
-        event["id"] = f"evt-{tag}-{number}"
-        events.append((org_id, event))
-        ids.add(f"{org_id}-{labels['env_id']}-{labels['connector_id']}-connector-failure")
-    return events, ids
-
-
 def assign(settings: Settings, org_ids: list[str]) -> None:
     """Assignments to a member who has a Slack user, so the alerts go to a DM."""
     user = slack_workspace()["users"][0]
@@ -229,9 +122,27 @@ def assign(settings: Settings, org_ids: list[str]) -> None:
     assert producer.flush(10) == 0
 
 
+def failures_of_new_orgs(
+    settings: Settings, name: str, count: int
+) -> tuple[list[tuple[str, dict[str, Any]]], set[str]]:
+    """``count`` new orgs ``org-<name>-<uuid>-<i>``, assigned (see ``assign``) with the lookup
+    tables produced; returns one provisioning-failure event per org, not produced yet, and the
+    alert ids they should give."""
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    org_ids = [f"org-{tag}-{i}" for i in range(count)]
+    assign(settings, org_ids)
+    produce_lookup_tables(settings, build_demo_data(event_count=0))
+    events, ids = [], set()
+    for number, org_id in enumerate(org_ids):
+        event, labels = connector_status_event(org_id, number, tag=tag)
+        events.append((org_id, event))
+        ids.add(connector_failure_alert_id(org_id, labels))
+    return events, ids
+
+
 def event_positions(settings: Settings, event_ids: set[str]) -> dict[str, tuple[int, int]]:
     found = {}
-    for record in records_of(settings, topics.NOTIFICATIONS):
+    for record in topic_records(settings, topics.NOTIFICATIONS):
         try:
             event_id = json.loads(record.value).get("id")
         except (TypeError, ValueError, AttributeError):
@@ -314,19 +225,14 @@ def test_backfill_finds_events_missing_from_the_run_index(
 ) -> None:
     settings = platform_env
     stay_within_the_hour()
-    tag = uuid.uuid4().hex[:8]
-    seen_orgs = [f"org-seen-{tag}-{i}" for i in range(3)]
-    unseen_orgs = [f"org-unseen-{tag}-{i}" for i in range(3)]
-    assign(settings, seen_orgs + unseen_orgs)
-    produce_lookup_tables(settings, build_demo_data(event_count=0))
+    seen_events, seen_ids = failures_of_new_orgs(settings, "seen", 3)
+    unseen_events, unseen_ids = failures_of_new_orgs(settings, "unseen", 3)
 
     # Events read by a live run (indexed) ...
-    seen_events, seen_ids = provisioning_failures(seen_orgs, tag=f"seen-{tag}")
     produce_events(settings, seen_events)
     _tail, runs = tick_and_run("connector_failure_tail", instance, None)
     assert all(run.success for run in runs)
     # ... and events produced while no sensor ran: no run index entry covers them.
-    unseen_events, unseen_ids = provisioning_failures(unseen_orgs, tag=f"unseen-{tag}")
     produce_events(settings, unseen_events)
     positions = event_positions(settings, {event["id"] for _org, event in unseen_events})
     assert len(positions) == len(unseen_events)
@@ -355,11 +261,7 @@ def test_local_backfill_runs_without_dagster_and_delivers(
 ) -> None:
     settings = platform_env
     stay_within_the_hour()
-    tag = uuid.uuid4().hex[:8]
-    orgs = [f"org-local-{tag}-{i}" for i in range(3)]
-    assign(settings, orgs)
-    produce_lookup_tables(settings, build_demo_data(event_count=0))
-    events, ids = provisioning_failures(orgs, tag=f"local-{tag}")
+    events, ids = failures_of_new_orgs(settings, "local", 3)
     start = datetime.now(UTC) - timedelta(seconds=5)
     produce_events(settings, events)
     end = datetime.now(UTC) + timedelta(seconds=5)
@@ -453,11 +355,7 @@ def test_cli_backfill_submits_an_asset_backfill_the_daemon_runs(
 
     settings = platform_env
     stay_within_the_hour()
-    tag = uuid.uuid4().hex[:8]
-    orgs = [f"org-cli-{tag}-{i}" for i in range(2)]
-    assign(settings, orgs)
-    produce_lookup_tables(settings, build_demo_data(event_count=0))
-    events, ids = provisioning_failures(orgs, tag=f"cli-{tag}")
+    events, ids = failures_of_new_orgs(settings, "cli", 2)
     produce_events(settings, events)
     partition = current_hour_partition()
     start = partition_key_start(partition)

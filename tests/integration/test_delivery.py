@@ -54,6 +54,8 @@ def fast_pacer() -> ChannelPacer:
 
 @pytest.fixture
 def sandbox(slack_settings: Settings) -> Iterator[SandboxControl]:
+    """The session sandbox, reset, at its default rate limit (not the flow tests' ``sandbox`` of
+    tests/integration/conftest.py, which switches the limit off); the token restored after."""
     control = SandboxControl(slack_settings.slack_api_url)
     control.reset()
     control.set_rate_limit(DEFAULT_PER_SECOND, DEFAULT_BURST)
@@ -368,18 +370,12 @@ print("finished without crashing")
 """
 
 
-@pytest.mark.parametrize("ledger_spec", ["sqlite", "postgres"], indirect=True)
-def test_crash_after_post_before_ledger_write_is_recovered_from_slack(
-    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger_spec: dict
-) -> None:
-    sandbox.set_rate_limit(None)
-    messages = make_messages(channels[:2], per_channel=4)
-    victim = messages[4]  # third message of channel 0's lane
-    args = {
-        "ledger": ledger_spec,
-        "api_url": slack_settings.slack_api_url,
-        "messages": [m.to_value() for m in messages],
-    }
+def crash_after_posting(
+    victim: OutboundMessage, messages: list[OutboundMessage], ledger_spec: dict, api_url: str
+) -> subprocess.CompletedProcess[str]:
+    """Deliver ``messages`` in a child process that is killed right after Slack accepts
+    ``victim``, before the ledger records it; asserts it was killed (SIGKILL)."""
+    args = {"ledger": ledger_spec, "api_url": api_url, "messages": [m.to_value() for m in messages]}
     proc = subprocess.run(
         [sys.executable, "-c", _CRASHING_RUN, json.dumps(args)],
         cwd=REPO,
@@ -389,6 +385,17 @@ def test_crash_after_post_before_ledger_write_is_recovered_from_slack(
         timeout=120,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("ledger_spec", ["sqlite", "postgres"], indirect=True)
+def test_crash_after_post_before_ledger_write_is_recovered_from_slack(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger_spec: dict
+) -> None:
+    sandbox.set_rate_limit(None)
+    messages = make_messages(channels[:2], per_channel=4)
+    victim = messages[4]  # third message of channel 0's lane
+    proc = crash_after_posting(victim, messages, ledger_spec, slack_settings.slack_api_url)
     assert "finished" not in proc.stdout
     assert held(sandbox)[victim.alert_id] == 1  # posted ...
     ledger = _open(ledger_spec, lease=timedelta(seconds=1))
@@ -438,20 +445,7 @@ def test_crash_after_post_to_a_dm_or_a_channel_name_is_recovered_once(
     messages = make_messages([lane, channels[0]], per_channel=3)
     victim = messages[2]  # second message of the DM / named lane
     assert victim.channel_id == lane
-    args = {
-        "ledger": ledger_spec,
-        "api_url": slack_settings.slack_api_url,
-        "messages": [m.to_value() for m in messages],
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", _CRASHING_RUN, json.dumps(args)],
-        cwd=REPO,
-        env={**os.environ, CRASH_AFTER_POST_ENV: victim.alert_id},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    crash_after_posting(victim, messages, ledger_spec, slack_settings.slack_api_url)
     assert held(sandbox)[victim.alert_id] == 1
     ledger = _open(ledger_spec, lease=timedelta(seconds=1))
     (row,) = ledger.lookup(victim.alert_id)

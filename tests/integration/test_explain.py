@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,64 +22,31 @@ from alert_platform.explain import (
     UNMATCHED,
     Explainer,
 )
-from alert_platform.kafka.clients import make_consumer
-from alert_platform.kafka.offsets import OffsetRange, probe_end_offsets
-from alert_platform.kafka.reader import read_range
 from alert_platform.local.demo import (
     UNMAPPED_MEMBER,
     build_demo_data,
-    connector_event,
     demo_org_id,
     produce_events,
     produce_lookup_tables,
 )
 from alert_platform.local.sandbox.control import SandboxControl
-from alert_platform.local.stack import LocalStack, free_port_settings
 from alert_platform.settings import Settings
-from tests.integration.test_dagster_flow import tick_and_run, tick_delivery
+from tests.integration.flow_helpers import (
+    FlowOptions,
+    connector_status_event,
+    tick_and_run,
+    tick_delivery,
+    topic_records,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def flow_settings(
-    tmp_path_factory: pytest.TempPathFactory, slack_settings: Settings
-) -> Iterator[Settings]:
-    from alert_platform.kafka.admin import create_topics
-
-    own = free_port_settings(tmp_path_factory.mktemp("explain"))
-    stack = LocalStack(own, die_with_parent=True)
-    stack.up(["kafka"])
-    settings = own.with_overrides(
-        slack_api_url=slack_settings.slack_api_url, slack_bot_token=slack_settings.slack_bot_token
-    )
-    create_topics(settings)
-    try:
-        yield settings
-    finally:
-        stack.down()
-
-
-@pytest.fixture
-def platform_env(flow_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", flow_settings.bootstrap_servers)
-    monkeypatch.setenv("ALERT_PLATFORM_DATA_DIR", str(flow_settings.data_dir))
-    monkeypatch.setenv("SLACK_API_URL", flow_settings.slack_api_url)
-    monkeypatch.setenv("SLACK_BOT_TOKEN", flow_settings.slack_bot_token)
-    # These tests exercise the delivery sensor's path; enrichment must not deliver inline.
-    monkeypatch.setenv("ALERT_PLATFORM_INLINE_DELIVERY", "false")
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    return flow_settings
-
-
-@pytest.fixture
-def sandbox(flow_settings: Settings) -> Iterator[SandboxControl]:
-    control = SandboxControl(flow_settings.slack_api_url)
-    control.reset()
-    control.set_rate_limit(per_second=0, burst=0)
-    yield control
-    control.reset()
-    control.set_rate_limit(per_second=1, burst=3)
+def flow_options() -> FlowOptions:
+    """These tests exercise the delivery sensor's path: enrichment must not deliver inline; and
+    only the Dagster instance a test hands over is used."""
+    return FlowOptions(inline_delivery=False, clear_dagster_home=True)
 
 
 @pytest.fixture
@@ -94,39 +60,22 @@ def dagster_home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def instance(dagster_home: Path) -> Iterator[DagsterInstance]:
+    """Unlike the conftest's ephemeral instance: on disk, in ``dagster_home``."""
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         yield instance
 
 
-def event(org_id: str, number: int, *, old_status: str = "Provisioning", **labels: Any):
-    """A connector event with a known id; ``labels`` override (``None`` removes one)."""
-    body = connector_event(org_id, number, datetime.now(UTC))
-    current = json.loads(body["data"])["labels"]
-    current["connector_old_status"] = old_status
-    current["connector_id"] = f"lcc-explain-{number}"
-    for name, value in labels.items():
-        if value is None:
-            current.pop(name, None)
-        else:
-            current[name] = value
-    body["data"] = json.dumps({"labels": current})
-    body["id"] = f"evt-explain-{number}"
-    return org_id, body, current
+def event(org_id: str, number: int, **options: Any):
+    """``(org_id, event, labels)`` of a connector event ``evt-explain-<number>`` of connector
+    ``lcc-explain-<number>``; ``options`` as for ``connector_status_event``."""
+    body, labels = connector_status_event(org_id, number, tag="explain", **options)
+    return org_id, body, labels
 
 
 def positions(settings: Settings) -> dict[str, str]:
     """Event id -> ``topic:partition:offset`` of every event on the notifications topic."""
-    consumer = make_consumer(settings)
-    found = {}
-    try:
-        for partition, end in probe_end_offsets(consumer, topics.NOTIFICATIONS).items():
-            rng = OffsetRange(topics.NOTIFICATIONS, partition, 0, end)
-            for batch in read_range(consumer, rng):
-                for record in batch:
-                    found[json.loads(record.value)["id"]] = record.position
-    finally:
-        consumer.close()
-    return found
+    records = topic_records(settings, topics.NOTIFICATIONS)
+    return {json.loads(record.value)["id"]: record.position for record in records}
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> str:

@@ -7,27 +7,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from dagster import (
-    DagsterInstance,
-    ExecuteInProcessResult,
-    build_schedule_context,
-    instance_for_test,
-)
+from dagster import DagsterInstance, ExecuteInProcessResult, build_schedule_context
 
 from alert_platform import topics
-from alert_platform.kafka.admin import create_topics
 from alert_platform.local.bigquery_seed import seed_warehouse
 from alert_platform.local.demo import DEMO_ORG_COUNT, build_demo_data, produce_lookup_tables
 from alert_platform.local.sandbox.control import SandboxControl
-from alert_platform.local.stack import LocalStack, free_port_settings
 from alert_platform.settings import Settings
-from tests.integration.test_dagster_flow import (
+from tests.integration.flow_helpers import (
+    FlowOptions,
+    alert_ids_on_topic,
     latest_materialization_metadata,
+    posted_alert_ids,
     read_topic,
     tick_and_run,
     tick_delivery,
@@ -79,59 +74,10 @@ ALERTED = [f"001FLOW{n:012d}" for n in (1, 2, 3, 4)]
 
 
 @pytest.fixture(scope="module")
-def flow_settings(
-    tmp_path_factory: pytest.TempPathFactory,
-    bigquery_settings: Settings,
-    slack_settings: Settings,
-) -> Iterator[Settings]:
-    """A broker of its own (real topic names), the session BigQuery emulator with a dataset of
-    its own, and the session Slack sandbox."""
-    own = free_port_settings(tmp_path_factory.mktemp("onboarding-flow"))
-    stack = LocalStack(own, die_with_parent=True)
-    stack.up(["kafka"])
-    settings = own.with_overrides(
-        slack_api_url=slack_settings.slack_api_url,
-        slack_bot_token=slack_settings.slack_bot_token,
-        bigquery_api_endpoint=bigquery_settings.bigquery_api_endpoint,
-        bigquery_project=bigquery_settings.bigquery_project,
-        bigquery_dataset=f"onboarding_flow_{uuid.uuid4().hex}",
-    )
-    create_topics(settings)
-    try:
-        yield settings
-    finally:
-        stack.down()
-
-
-@pytest.fixture
-def platform_env(flow_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Point the definitions' resources (environment-configured) at the test stack."""
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", flow_settings.bootstrap_servers)
-    monkeypatch.setenv("ALERT_PLATFORM_DATA_DIR", str(flow_settings.data_dir))
-    monkeypatch.setenv("SLACK_API_URL", flow_settings.slack_api_url)
-    monkeypatch.setenv("SLACK_BOT_TOKEN", flow_settings.slack_bot_token)
-    # These tests exercise the delivery sensor's path; enrichment must not deliver inline.
-    monkeypatch.setenv("ALERT_PLATFORM_INLINE_DELIVERY", "false")
-    monkeypatch.setenv("BIGQUERY_API_ENDPOINT", flow_settings.bigquery_api_endpoint)
-    monkeypatch.setenv("BIGQUERY_PROJECT", flow_settings.bigquery_project)
-    monkeypatch.setenv("BIGQUERY_DATASET", flow_settings.bigquery_dataset)
-    return flow_settings
-
-
-@pytest.fixture
-def sandbox(flow_settings: Settings) -> Iterator[SandboxControl]:
-    control = SandboxControl(flow_settings.slack_api_url)
-    control.reset()
-    control.set_rate_limit(per_second=0, burst=0)
-    yield control
-    control.reset()
-    control.set_rate_limit(per_second=1, burst=3)
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with instance_for_test() as instance:
-        yield instance
+def flow_options() -> FlowOptions:
+    """The session BigQuery emulator with a dataset of the module's own; these tests exercise the
+    delivery sensor's path, so enrichment must not deliver inline."""
+    return FlowOptions(bigquery=True, inline_delivery=False)
 
 
 def run_producer(
@@ -147,15 +93,6 @@ def run_producer(
 
 def onboarding_events(settings: Settings) -> list[dict[str, Any]]:
     return [json.loads(value) for _k, value, _h in read_topic(settings, topics.ONBOARDING_EVENTS)]
-
-
-def alert_ids(settings: Settings) -> list[str]:
-    messages = read_topic(settings, topics.SLACK_MESSAGES)
-    return [json.loads(value)["alert_id"] for _k, value, _h in messages]
-
-
-def posted_alert_ids(sandbox: SandboxControl) -> list[str]:
-    return [m["metadata"]["event_payload"]["alert_id"] for m in sandbox.messages()]
 
 
 def test_a_day_of_onboardings_reaches_slack_once_even_when_rerun(
@@ -186,7 +123,7 @@ def test_a_day_of_onboardings_reaches_slack_once_even_when_rerun(
     # 2. The tail sensor: alerts for the assigned accounts (the unassigned org is unmatched).
     tailed, runs = tick_and_run("onboarding_tail", instance, None)
     assert runs and all(run.success for run in runs)
-    assert sorted(alert_ids(settings)) == expected_alerts
+    assert sorted(alert_ids_on_topic(settings)) == expected_alerts
     alerts = latest_materialization_metadata(instance, "onboarding_alerts")
     assert alerts["mode"] == "live"
     assert read_topic(settings, topics.ALERTS_DLQ) == []
@@ -194,7 +131,7 @@ def test_a_day_of_onboardings_reaches_slack_once_even_when_rerun(
     # 3. Delivery: one Slack message per qualifying, assigned account.
     delivered, delivery_runs = tick_delivery(instance)
     assert delivery_runs and all(run.success for run in delivery_runs)
-    assert sorted(posted_alert_ids(sandbox)) == expected_alerts
+    assert posted_alert_ids(sandbox) == expected_alerts
     message = next(
         m
         for m in sandbox.messages()
@@ -210,11 +147,11 @@ def test_a_day_of_onboardings_reaches_slack_once_even_when_rerun(
     assert sorted(e["id"] for e in rerun_events) == sorted(2 * [e["id"] for e in events])
     _, runs = tick_and_run("onboarding_tail", instance, tailed.cursor)
     assert runs and all(run.success for run in runs)
-    assert sorted(alert_ids(settings)) == sorted(2 * expected_alerts)
+    assert sorted(alert_ids_on_topic(settings)) == sorted(2 * expected_alerts)
     # Every re-derived alert is in the ledger already: the sensor settles them without a run.
     _, delivery_runs = tick_delivery(instance, delivered.cursor)
     assert delivery_runs == []
-    assert sorted(posted_alert_ids(sandbox)) == expected_alerts  # still one each
+    assert posted_alert_ids(sandbox) == expected_alerts  # still one each
 
 
 def test_a_failing_query_fails_the_run_with_bigquerys_message(

@@ -28,6 +28,15 @@ from alert_platform.slack.blocks import (
 from alert_platform.slack.mrkdwn import ELLIPSIS, escape
 from alert_platform.tables.lookup import LookupTable
 from alert_platform.topics import NOTIFICATIONS
+from tests.unit.pipeline_helpers import (
+    DROP,
+    flat_text,
+    lookup_tables,
+    only_alert,
+    only_dead_letter,
+    run_batch,
+    without_dropped,
+)
 
 NOW = datetime(2024, 6, 1, 8, 0, 0, tzinfo=UTC)
 TIMESTAMP_MS = 1714566900000
@@ -54,19 +63,10 @@ ASSIGNMENT_ROWS = [
     },
     {"org_id": "org-4", "csdr_email": "", "csdr_name": "Dan", "account_name": None},
 ]
-USER_ROWS = [
-    {"email": "jane.doe@example.com", "slack_user_id": "U0JANE", "name": "Jane"},
-    {"email": "Carol@Example.com", "slack_user_id": "", "name": "Carol"},
-]
 
 
 def tables() -> dict[str, LookupTable]:
-    return {
-        ASSIGNMENTS: LookupTable.from_rows(ASSIGNMENTS, "org_id", ASSIGNMENT_ROWS),
-        SLACK_USERS: LookupTable.from_rows(
-            SLACK_USERS, "email", USER_ROWS, normalise_key=str.lower
-        ),
-    }
+    return lookup_tables(ASSIGNMENT_ROWS)
 
 
 def labels(**overrides: Any) -> dict[str, Any]:
@@ -80,10 +80,7 @@ def labels(**overrides: Any) -> dict[str, Any]:
         "region": "us-east-1",
     }
     base.update(overrides)
-    return {k: v for k, v in base.items() if v is not DROP}
-
-
-DROP = object()
+    return without_dropped(base)
 
 
 def event(
@@ -105,30 +102,7 @@ def record(value: bytes | None, key: bytes | None = b"org-1", offset: int = 7) -
 
 
 def run(*records: SourceRecord, options: RenderOptions | None = None) -> BatchResult:
-    result = enrich_batch(CONNECTOR_FAILURE, list(records), tables(), options, now=NOW)
-    counts = result.counts
-    assert counts.read == len(records)
-    assert (
-        counts.filtered_out + counts.unmatched + counts.dead_lettered + counts.alerts == counts.read
-    )
-    return result
-
-
-def only_alert(result: BatchResult) -> dict[str, Any]:
-    assert result.dead_letters == []
-    assert len(result.alerts) == 1
-    return orjson.loads(result.alerts[0].value)
-
-
-def only_dead_letter(result: BatchResult) -> tuple[str, str]:
-    assert result.alerts == []
-    assert len(result.dead_letters) == 1
-    dead = result.dead_letters[0]
-    return dead.reason, dead.stage
-
-
-def flat_text(blocks: list[dict[str, Any]]) -> str:
-    return orjson.dumps(blocks).decode()
+    return run_batch(CONNECTOR_FAILURE, records, tables(), options, now=NOW)
 
 
 # -- the happy path -----------------------------------------------------------------------------

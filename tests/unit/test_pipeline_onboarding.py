@@ -12,7 +12,7 @@ from slack_sdk.models.blocks import Block
 
 from alert_platform.bigquery import onboarding as producer
 from alert_platform.kafka.records import SourceRecord
-from alert_platform.pipelines.engine import BatchResult, encode_dead_letter, enrich_batch
+from alert_platform.pipelines.engine import BatchResult, encode_dead_letter
 from alert_platform.pipelines.onboarding import (
     EVENT_TYPE,
     NEXT_STEPS,
@@ -32,6 +32,15 @@ from alert_platform.slack.blocks import (
 from alert_platform.slack.mrkdwn import ELLIPSIS, escape
 from alert_platform.tables.lookup import LookupTable
 from alert_platform.topics import ONBOARDING_EVENTS
+from tests.unit.pipeline_helpers import (
+    DROP,
+    flat_text,
+    lookup_tables,
+    only_alert,
+    only_dead_letter,
+    run_batch,
+    without_dropped,
+)
 
 NOW = datetime(2026, 3, 11, 6, 0, 0, tzinfo=UTC)
 TIMESTAMP_MS = 1773208800000
@@ -52,21 +61,10 @@ ASSIGNMENT_ROWS = [
     {"org_id": "org-3", "csdr_email": "carol@example.com", "csdr_name": "Carol"},
     {"org_id": "org-4", "csdr_email": "", "csdr_name": "Dan"},
 ]
-USER_ROWS = [
-    {"email": "jane.doe@example.com", "slack_user_id": "U0JANE", "name": "Jane"},
-    {"email": "Carol@Example.com", "slack_user_id": "", "name": "Carol"},
-]
-
-DROP = object()
 
 
 def tables() -> dict[str, LookupTable]:
-    return {
-        ASSIGNMENTS: LookupTable.from_rows(ASSIGNMENTS, "org_id", ASSIGNMENT_ROWS),
-        SLACK_USERS: LookupTable.from_rows(
-            SLACK_USERS, "email", USER_ROWS, normalise_key=str.lower
-        ),
-    }
+    return lookup_tables(ASSIGNMENT_ROWS)
 
 
 def document(*, data: Any = DROP, **top: Any) -> dict[str, Any]:
@@ -79,7 +77,7 @@ def document(*, data: Any = DROP, **top: Any) -> dict[str, Any]:
         "data": fields() if data is DROP else data,
     }
     base.update(top)
-    return {k: v for k, v in base.items() if v is not DROP}
+    return without_dropped(base)
 
 
 def fields(**overrides: Any) -> dict[str, Any]:
@@ -93,7 +91,7 @@ def fields(**overrides: Any) -> dict[str, Any]:
         "csdr_email": "ada.lovelace@example.com",
     }
     base.update(overrides)
-    return {k: v for k, v in base.items() if v is not DROP}
+    return without_dropped(base)
 
 
 def event(*, data: Any = DROP, **top: Any) -> bytes:
@@ -109,30 +107,7 @@ def record(value: bytes | None, key: bytes | None = ACCOUNT.encode(), offset: in
 
 
 def run(*records: SourceRecord, options: RenderOptions | None = None, lookups=None) -> BatchResult:
-    result = enrich_batch(ONBOARDING, list(records), lookups or tables(), options, now=NOW)
-    counts = result.counts
-    assert counts.read == len(records)
-    assert (
-        counts.filtered_out + counts.unmatched + counts.dead_lettered + counts.alerts == counts.read
-    )
-    return result
-
-
-def only_alert(result: BatchResult) -> dict[str, Any]:
-    assert result.dead_letters == []
-    assert len(result.alerts) == 1
-    return orjson.loads(result.alerts[0].value)
-
-
-def only_dead_letter(result: BatchResult) -> tuple[str, str]:
-    assert result.alerts == []
-    assert len(result.dead_letters) == 1
-    dead = result.dead_letters[0]
-    return dead.reason, dead.stage
-
-
-def flat_text(blocks: list[dict[str, Any]]) -> str:
-    return orjson.dumps(blocks).decode()
+    return run_batch(ONBOARDING, records, lookups or tables(), options, now=NOW)
 
 
 # -- the happy path -----------------------------------------------------------------------------
