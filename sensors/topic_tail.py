@@ -3,8 +3,8 @@
 The cursor (see ``alert_platform.kafka.tailing``) holds the next offset per partition and every
 range whose run has not succeeded; consumer-group commits play no part. Each tick launches as
 few runs as possible, each holding at most one range per partition, tagged per partition with
-the range's key (``topic:partition:start-end``). A re-evaluated tick never launches a range
-twice (the run key is derived from its ranges), and a failed range is re-launched under
+the range's key (``topic:partition:start-end@<topic id>``). A re-evaluated tick never launches a
+range twice (the run key is derived from its ranges), and a failed range is re-launched under
 ``...#retryN`` until it succeeds. One run per topic runs at a time (``alert-platform/source``
 tag, limited in the instance's ``tag_concurrency_limits``), so runs of the same source
 partition never overlap.
@@ -27,6 +27,7 @@ from dagster import (
     sensor,
 )
 
+from alert_platform.kafka.admin import topic_id
 from alert_platform.kafka.clients import make_consumer
 from alert_platform.kafka.offsets import OffsetRange, probe_watermarks
 from alert_platform.kafka.tailing import (
@@ -135,6 +136,7 @@ def make_topic_tail_sensor(
         finally:
             consumer.close()
         now = time.time()
+        current_id = topic_id(settings, topic)  # "" when unknown: the cursor's is kept
         plan = plan_tick(
             cursor,
             topic,
@@ -145,6 +147,7 @@ def make_topic_tail_sensor(
             max_records_per_run=max_records_per_run,
             max_runs_per_tick=max_runs_per_tick,
             settle_one_tick=settle_one_tick,
+            topic_id=current_id,
         )
         for note in plan.notes:
             context.log.warning(note)

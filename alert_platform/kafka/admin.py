@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from alert_platform.kafka.clients import make_admin
@@ -99,9 +99,8 @@ def delete_topics(settings: Settings, topics: Iterable[str], *, timeout: float =
     names = list(topics)
     if not names:
         return []
-    futures = make_admin(settings).delete_topics(
-        names, operation_timeout=timeout, request_timeout=timeout
-    )
+    admin = make_admin(settings)  # held until the futures resolve: a dropped client aborts them
+    futures = admin.delete_topics(names, operation_timeout=timeout, request_timeout=timeout)
     deleted = []
     for name, future in futures.items():
         try:
@@ -113,3 +112,20 @@ def delete_topics(settings: Settings, topics: Iterable[str], *, timeout: float =
             raise TopicAdminError(f"could not delete topic {name}: {error}") from exc
         deleted.append(name)
     return deleted
+
+
+def topic_id(settings: Settings, topic: str, *, timeout: float = 5.0) -> str:
+    """The topic's id (a new one each time the topic is created), or ``""`` when it cannot be
+    had: an older broker without topic ids, the topic missing, or the broker unreachable.
+
+    Offsets alone cannot tell a recreated topic from the old one once the new one holds as
+    many records as were read from the old: the id can.
+    """
+    admin = make_admin(settings)
+    try:
+        future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
+        found = future.result(timeout=timeout).topic_id
+    except Exception:  # KafkaException, timeouts: unknown this time; callers keep what they had
+        return ""
+    text = str(found) if found is not None else ""
+    return "" if text.strip("A=") == "" else text  # the all-zero id means "none"

@@ -5,11 +5,14 @@ Kafka. The cursor holds the next offset to hand out per partition and the ranges
 out whose runs have not succeeded yet; a failed run's range is handed out again (with back-off)
 under a new run key until it succeeds, so no range is ever stranded by a failure.
 
-A partition whose end lies *before* the cursor's next offset was recreated (the topic was
-deleted and created again, or a broker with memory storage restarted): the cursor's offsets
-refer to records that are gone, so the partition starts over at its low watermark and its
-pending ranges are dropped (the tick's notes say so). A recreated partition that already holds
-as many records as the cursor had read cannot be told apart by offsets alone.
+A recreated topic (deleted and created again, or a broker with memory storage restarted) is
+recognised by its topic id, which the cursor keeps, and, on brokers without topic ids, by a
+partition end lying *before* the cursor's next offset. Either way the cursor's offsets refer to
+records that are gone: the partition starts over at its low watermark and its pending ranges are
+dropped (the tick's notes say so). Run keys carry the start of the topic id (``...@<id>``), so
+the new topic's ranges never share a run key, and so a "succeeded" state, with the old topic's.
+Offsets alone cannot tell a recreated topic that already holds as many records as the cursor had
+read: without topic ids that case stays undetected.
 
 The first re-launch of a failed range is immediate; later ones wait an exponential back-off of
 ``RETRY_BACKOFF_BASE_S`` (15 s, doubling, at most ``RETRY_BACKOFF_MAX_S``), which the environment
@@ -97,16 +100,17 @@ class TailCursor:
     next_offsets: Mapping[int, int] = field(default_factory=dict)
     pending: tuple[PendingRange, ...] = ()
     observed: Mapping[int, int] = field(default_factory=dict)
+    topic_id: str = ""  # of the topic the offsets refer to; "" = not known
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "next": {str(p): o for p, o in sorted(self.next_offsets.items())},
-                "pending": [p.to_dict() for p in self.pending],
-                "observed": {str(p): o for p, o in sorted(self.observed.items())},
-            },
-            separators=(",", ":"),
-        )
+        data: dict[str, object] = {
+            "next": {str(p): o for p, o in sorted(self.next_offsets.items())},
+            "pending": [p.to_dict() for p in self.pending],
+            "observed": {str(p): o for p, o in sorted(self.observed.items())},
+        }
+        if self.topic_id:
+            data["topic_id"] = self.topic_id
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | None) -> TailCursor:
@@ -117,6 +121,7 @@ class TailCursor:
             next_offsets={int(p): int(o) for p, o in data.get("next", {}).items()},
             pending=tuple(PendingRange.from_dict(p) for p in data.get("pending", [])),
             observed={int(p): int(o) for p, o in data.get("observed", {}).items()},
+            topic_id=str(data.get("topic_id", "")),
         )
 
 
@@ -138,10 +143,21 @@ class TickPlan:
     notes: tuple[str, ...] = ()
 
 
-def run_key_for(rng: OffsetRange, attempt: int = 0) -> str:
-    """``topic:partition:start-end``, suffixed ``#retryN`` for the N-th re-launch."""
+# Characters of the topic id a run key carries: 48 bits, plenty to tell incarnations apart.
+TOPIC_ID_IN_KEY = 8
+
+
+def run_key_for(rng: OffsetRange, attempt: int = 0, topic_id: str = "") -> str:
+    """``topic:partition:start-end``, then ``@`` and the start of the topic id when known, then
+    ``#retryN`` for the N-th re-launch."""
     base = f"{rng.topic}:{rng.partition}:{rng.start}-{rng.end}"
+    if topic_id:
+        base += f"@{topic_id[:TOPIC_ID_IN_KEY]}"
     return base if attempt == 0 else f"{base}#retry{attempt}"
+
+
+def _retry_key(run_key: str, attempt: int) -> str:
+    return f"{run_key.split('#retry', 1)[0]}#retry{attempt}"
 
 
 def _backoff(attempt: int) -> float:
@@ -160,31 +176,47 @@ def plan_tick(
     max_runs_per_tick: int,
     start_at_latest: bool = False,
     settle_one_tick: bool = False,
+    topic_id: str = "",
 ) -> TickPlan:
     """Decide the runs of one tick.
 
     ``ends`` are the true end offsets per partition (probed, not the raw high watermark),
     ``lows`` the low watermarks, ``run_states`` the state of every pending run key.
     ``settle_one_tick`` hands out only records that were already there at the previous tick
-    (a safety-net consumer gives the primary path one tick to finish first).
+    (a safety-net consumer gives the primary path one tick to finish first). ``topic_id`` is
+    the topic's current id (``""``: not known this tick; the cursor's is kept).
     """
     notes: list[str] = []
     requests: list[RangeRequest] = []
     still_pending: list[PendingRange] = []
 
-    # The end lies before the next offset: the partition was recreated and what the cursor
-    # points at is gone. Start it over at its low watermark; its pending ranges are void.
-    recreated = {
-        partition for partition, end in ends.items() if cursor.next_offsets.get(partition, 0) > end
-    }
-    for partition in sorted(recreated):
+    # A new topic id, or an end before the next offset: the partition was recreated and what
+    # the cursor points at is gone. Start it over at its low watermark; its pending ranges are
+    # void.
+    new_id = bool(topic_id and cursor.topic_id and topic_id != cursor.topic_id)
+    if new_id:
+        recreated = set(ends) | set(cursor.next_offsets)
+    else:
+        recreated = {
+            partition
+            for partition, end in ends.items()
+            if cursor.next_offsets.get(partition, 0) > end
+        }
+    for partition in sorted(recreated & set(ends)):
         dropped = sum(1 for p in cursor.pending if p.range.partition == partition)
+        if new_id:
+            why = f"the topic id changed from {cursor.topic_id} to {topic_id}"
+        else:
+            why = (
+                f"the partition ends at {ends[partition]}, before the next offset to read "
+                f"({cursor.next_offsets[partition]})"
+            )
         notes.append(
-            f"{topic}[{partition}]: the partition ends at {ends[partition]}, before the next "
-            f"offset to read ({cursor.next_offsets[partition]}): the topic was recreated or the "
-            f"broker lost its data; resuming at the low watermark {lows.get(partition, 0)} and "
-            f"dropping {dropped} pending range(s) of the old partition"
+            f"{topic}[{partition}]: {why}: the topic was recreated or the broker lost its data; "
+            f"resuming at the low watermark {lows.get(partition, 0)} and dropping {dropped} "
+            "pending range(s) of the old partition"
         )
+    topic_id = topic_id or cursor.topic_id
 
     for pending in cursor.pending:
         if pending.range.partition in recreated:
@@ -197,7 +229,7 @@ def plan_tick(
         if (state is RunState.FAILED or stuck) and retry_due:
             # The next retry, should this one fail too, waits out an exponential back-off.
             attempt = pending.attempt + 1
-            key = run_key_for(pending.range, attempt)
+            key = _retry_key(pending.run_key, attempt)
             requests.append(RangeRequest(pending.range, key, attempt))
             still_pending.append(
                 PendingRange(pending.range, key, attempt, now, now + _backoff(attempt))
@@ -225,13 +257,15 @@ def plan_tick(
             start = low
         while start < end and len(requests) < max_runs_per_tick:
             rng = OffsetRange(topic, partition, start, min(end, start + max_records_per_run))
-            key = run_key_for(rng)
+            key = run_key_for(rng, 0, topic_id)
             requests.append(RangeRequest(rng, key, 0))
             still_pending.append(PendingRange(rng, key, 0, now))
             start = rng.end
         next_offsets[partition] = start
 
-    cursor_out = TailCursor(next_offsets, tuple(still_pending), dict(ends))
+    for partition in recreated - set(ends):  # gone with the old topic
+        next_offsets.pop(partition, None)
+    cursor_out = TailCursor(next_offsets, tuple(still_pending), dict(ends), topic_id)
     return TickPlan(tuple(requests), cursor_out, tuple(notes))
 
 
@@ -262,4 +296,4 @@ def drop_ranges(cursor: TailCursor, done: Iterable[OffsetRange]) -> TailCursor:
     """``cursor`` without the pending entries of ``done`` (handled without a run)."""
     skip = set(done)
     pending = tuple(p for p in cursor.pending if p.range not in skip)
-    return TailCursor(cursor.next_offsets, pending, cursor.observed)
+    return TailCursor(cursor.next_offsets, pending, cursor.observed, cursor.topic_id)

@@ -43,7 +43,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 71124
 OUTAGE_S = 12
-RESET_NOTE = "before the next offset to read"
+RESET_NOTE = "the topic was recreated or the broker lost its data"
 HINTS = ("KAFKA_BOOTSTRAP_SERVERS", "alert-platform topics create")
 # Platform exceptions in tracebacks, and the inline-delivery warning of enrichment runs.
 KAFKA_ERROR = re.compile(

@@ -215,3 +215,73 @@ def test_recreated_partition_also_settles_one_tick() -> None:
     assert reset.requests == () and reset.cursor.next_offsets == {0: 0}
     after = tick(reset.cursor, {0: 20}, settle_one_tick=True)
     assert [(r.range.start, r.range.end) for r in after.requests] == [(0, 20)]
+
+
+def test_topic_id_change_restarts_a_recreated_topic_that_already_holds_as_many_records() -> None:
+    """Offsets alone cannot see it: the new topic holds 50 records, the cursor had read 50.
+    The topic id can, and the new ranges get run keys (and range tags) of their own, so the
+    old topic's succeeded runs neither suppress them nor count for them."""
+    first = tick(TailCursor(), {0: 50, 1: 10}, topic_id="OLDtopicIdAAAAAAAAAAAA")
+    assert [r.run_key for r in first.requests] == [
+        "events:0:0-50@OLDtopic",
+        "events:1:0-10@OLDtopic",
+    ]
+    done = {r.run_key: RunState.SUCCEEDED for r in first.requests}
+    same = tick(first.cursor, {0: 50, 1: 10}, states=done, topic_id="OLDtopicIdAAAAAAAAAAAA")
+    assert same.requests == () and same.notes == ()
+
+    plan = tick(same.cursor, {0: 50, 1: 12}, states=done, topic_id="NEWtopicIdAAAAAAAAAAAA")
+    assert [(r.range.partition, r.range.start, r.range.end) for r in plan.requests] == [
+        (0, 0, 50),
+        (1, 0, 12),
+    ]
+    assert [r.run_key for r in plan.requests] == [
+        "events:0:0-50@NEWtopic",
+        "events:1:0-12@NEWtopic",
+    ]
+    assert not {r.run_key for r in plan.requests} & set(done)
+    assert plan.cursor.topic_id == "NEWtopicIdAAAAAAAAAAAA"
+    assert len(plan.notes) == 2
+    assert "topic id changed from OLDtopicIdAAAAAAAAAAAA to NEWtopicIdAAAAAAAAAAAA" in plan.notes[0]
+
+
+def test_topic_id_change_drops_pending_ranges_and_partitions_gone_with_the_old_topic() -> None:
+    first = tick(TailCursor(), {0: 300, 1: 40, 2: 5}, max_records_per_run=100, topic_id="A1")
+    failed = {r.run_key: RunState.FAILED for r in first.requests}
+    plan = tick(first.cursor, {0: 400, 1: 40}, states=failed, topic_id="B2")
+    # no re-launch of the old topic's failed ranges; the new one is read from its start
+    assert [(r.range.partition, r.range.start, r.range.end, r.attempt) for r in plan.requests] == [
+        (0, 0, 100, 0),
+        (0, 100, 200, 0),
+        (0, 200, 300, 0),
+        (0, 300, 400, 0),
+        (1, 0, 40, 0),
+    ]
+    assert plan.cursor.next_offsets == {0: 400, 1: 40}
+    assert all(p.attempt == 0 for p in plan.cursor.pending)
+
+
+def test_unknown_topic_id_keeps_the_cursor_s_and_its_run_keys() -> None:
+    """A tick that could not learn the id (broker briefly unreachable, or no topic ids) changes
+    nothing: no reset, and the id already known keeps naming the run keys."""
+    first = tick(TailCursor(), {0: 5}, topic_id="A1")
+    done = {r.run_key: RunState.SUCCEEDED for r in first.requests}
+    plan = tick(first.cursor, {0: 9}, states=done, topic_id="")
+    assert [r.run_key for r in plan.requests] == ["events:0:5-9@A1"]
+    assert plan.cursor.topic_id == "A1" and plan.notes == ()
+    assert TailCursor.from_json(plan.cursor.to_json()) == plan.cursor
+    # a cursor from before topic ids (none stored) adopts the id without a reset
+    legacy = TailCursor.from_json('{"next":{"0":5},"pending":[],"observed":{"0":5}}')
+    adopted = tick(legacy, {0: 9}, topic_id="A1")
+    assert [r.run_key for r in adopted.requests] == ["events:0:5-9@A1"]
+    assert adopted.cursor.topic_id == "A1"
+
+
+def test_retries_keep_the_topic_id_in_their_run_key() -> None:
+    first = tick(TailCursor(), {0: 5}, topic_id="A1")
+    failed = {r.run_key: RunState.FAILED for r in first.requests}
+    retry = tick(first.cursor, {0: 5}, states=failed, now=1001.0, topic_id="A1")
+    assert [r.run_key for r in retry.requests] == ["events:0:0-5@A1#retry1"]
+    failed_again = {r.run_key: RunState.FAILED for r in retry.requests}
+    later = tick(retry.cursor, {0: 5}, states=failed_again, now=1e9, topic_id="A1")
+    assert [r.run_key for r in later.requests] == ["events:0:0-5@A1#retry2"]
