@@ -58,6 +58,8 @@ class SnapshotInfo:
     keys_stored: bool = True
     # name of the table's key normaliser in KEY_NORMALISERS (None: none, or not registered)
     key_normaliser: str | None = None
+    # id of the topic the offsets refer to ("": not known)
+    topic_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class SnapshotInfo:
             "dictionary_columns": list(self.dictionary_columns),
             "keys_stored": self.keys_stored,
             "key_normaliser": self.key_normaliser,
+            "topic_id": self.topic_id,
         }
 
     @classmethod
@@ -90,6 +93,7 @@ class SnapshotInfo:
                 dictionary_columns=tuple(raw.get("dictionary_columns", ())),
                 keys_stored=bool(raw.get("keys_stored", True)),
                 key_normaliser=raw.get("key_normaliser"),
+                topic_id=str(raw.get("topic_id") or ""),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SnapshotError(f"malformed snapshot metadata: {exc}") from None
@@ -102,8 +106,12 @@ def save_snapshot(
     *,
     topic: str | None = None,
     normalise_key: Normalise | None = None,
+    topic_id: str = "",
 ) -> SnapshotInfo:
     """Write ``table`` and its source ``offsets`` (next offset per partition) atomically.
+
+    ``topic_id``: the id of the topic the offsets refer to, so that a load can tell when the
+    topic was recreated since.
 
     ``normalise_key`` is the table's key normaliser: when it is one of
     :data:`~alert_platform.tables.specs.KEY_NORMALISERS` and every key is the normalised value of
@@ -147,6 +155,7 @@ def save_snapshot(
         dictionary_columns=tuple(dictionary_columns),
         keys_stored=keys_stored,
         key_normaliser=registered,
+        topic_id=topic_id,
     )
     arrow_table = pa.table(arrays).replace_schema_metadata(
         {METADATA_KEY: json.dumps(info.to_json()).encode()}

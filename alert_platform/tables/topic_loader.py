@@ -21,13 +21,19 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from alert_platform.kafka.admin import topic_id
 from alert_platform.kafka.clients import make_consumer
 from alert_platform.kafka.offsets import OffsetRange, probe_watermarks
 from alert_platform.kafka.reader import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT_S, read_range
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.settings import Settings
 from alert_platform.tables.lookup import LookupTable
-from alert_platform.tables.snapshot import SnapshotError, load_snapshot, save_snapshot
+from alert_platform.tables.snapshot import (
+    SnapshotError,
+    load_snapshot,
+    read_snapshot_info,
+    save_snapshot,
+)
 from alert_platform.tables.specs import TableSpec
 
 ValueParser = Callable[[bytes], Mapping[str, Any]]
@@ -80,6 +86,9 @@ class LoadedTable:
     # the offsets the snapshot held ({} without one)
     snapshot_offsets: dict[int, int] = field(default_factory=dict)
     snapshot_saved: bool = False
+    # id of the topic as loaded now, and as the snapshot recorded it ("": not known)
+    topic_id: str = ""
+    snapshot_topic_id: str = ""
 
 
 def catch_up(
@@ -186,7 +195,8 @@ def load_table(
     """The table as of now: its snapshot (if any and usable) caught up with its topic.
 
     ``snapshot_dir`` defaults to ``settings.snapshot_dir``. An unusable snapshot (corrupt,
-    other columns) or one ahead of the topic (the topic was recreated) is ignored and the
+    other columns) or one of another incarnation of the topic (the topic was recreated since:
+    its id differs, or the snapshot's offsets lie past the topic's ends) is ignored and the
     table rebuilt from the topic; the stats' notes say so.
     """
     path = table_spec.snapshot_path(
@@ -194,12 +204,23 @@ def load_table(
     )
     notes: list[str] = []
     rebuilt = False
+    current_id = topic_id(settings, table_spec.topic)
+    snapshot_id = ""
     try:
         table, offsets = load_snapshot(path, table_spec)
+        info = read_snapshot_info(path)
+        snapshot_id = info.topic_id if info is not None else ""
     except SnapshotError as exc:
         notes.append(f"ignoring snapshot {path}: {exc}; rebuilding from {table_spec.topic}")
         table, offsets, rebuilt = table_spec.new_table(), {}, True
     snapshot_offsets = dict(offsets)
+    if current_id and snapshot_id and current_id != snapshot_id and not rebuilt:
+        notes.append(
+            f"ignoring snapshot {path}: it was taken from {table_spec.topic} with topic id "
+            f"{snapshot_id}, the topic now has id {current_id} (recreated since); rebuilding "
+            "from the topic"
+        )
+        table, offsets, rebuilt = table_spec.new_table(), {}, True
     own_consumer = consumer is None
     if consumer is None:
         consumer = make_consumer(settings)
@@ -216,7 +237,16 @@ def load_table(
         if own_consumer:
             consumer.close()
     stats.notes[:0] = notes
-    return LoadedTable(table, offsets, stats, path, rebuilt, snapshot_offsets)
+    return LoadedTable(
+        table,
+        offsets,
+        stats,
+        path,
+        rebuilt,
+        snapshot_offsets,
+        topic_id=current_id or snapshot_id,
+        snapshot_topic_id=snapshot_id,
+    )
 
 
 def _catch_up_spec(
@@ -265,6 +295,7 @@ def refresh_snapshot(
         loaded.stats.changed
         or loaded.rebuilt
         or loaded.offsets != loaded.snapshot_offsets
+        or loaded.topic_id != loaded.snapshot_topic_id
         or not path.exists()
     ):
         save_snapshot(
@@ -273,6 +304,7 @@ def refresh_snapshot(
             path,
             topic=table_spec.topic,
             normalise_key=table_spec.normalise_key,
+            topic_id=loaded.topic_id,
         )
         return replace(loaded, snapshot_saved=True)
     return loaded

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from alert_platform.kafka.admin import create_topics, delete_topics, topic_id
 from alert_platform.kafka.clients import make_consumer, make_producer
 from alert_platform.kafka.offsets import OffsetRange
 from alert_platform.settings import Settings
@@ -21,6 +22,7 @@ from alert_platform.tables.topic_loader import (
     load_table,
     refresh_snapshot,
 )
+from alert_platform.topics import TopicSpec
 
 pytestmark = pytest.mark.integration
 
@@ -224,3 +226,32 @@ def test_load_table_without_snapshot_dir_uses_settings(
     loaded = refresh_snapshot(settings, users_spec)
     assert loaded.snapshot_path == tmp_path / "tables" / "slack_users.parquet"
     assert loaded.snapshot_path.exists() and loaded.offsets == {0: 0, 1: 1}
+
+
+def test_load_table_rebuilds_when_the_topic_was_recreated_with_as_many_records(
+    kafka_settings: Settings, users_spec: TableSpec, producer: Producer, tmp_path: Path
+) -> None:
+    """The new topic holds as many records as the snapshot had read from the old one: offsets
+    cannot tell, the topic id can. The old rows must not survive into the new table."""
+    topic = users_spec.topic
+    send(producer, topic, [("old@x.io", user("old@x.io", "U0"))])
+    first = refresh_snapshot(kafka_settings, users_spec, tmp_path)
+    old_id = topic_id(kafka_settings, topic)
+    assert old_id and first.topic_id == old_id
+    info = read_snapshot_info(users_spec.snapshot_path(tmp_path))
+    assert info is not None and info.topic_id == old_id
+
+    delete_topics(kafka_settings, [topic])
+    create_topics(kafka_settings, [TopicSpec(topic, 2)])
+    send(producer, topic, [("new@x.io", user("new@x.io", "U9"))])
+    loaded = refresh_snapshot(kafka_settings, users_spec, tmp_path)
+    assert loaded.offsets == first.offsets  # same offsets, other topic
+    assert loaded.rebuilt and loaded.snapshot_saved
+    assert sorted(loaded.table) == ["new@x.io"]
+    assert any("recreated since" in note for note in loaded.stats.notes)
+    info = read_snapshot_info(users_spec.snapshot_path(tmp_path))
+    assert info is not None and info.topic_id == loaded.topic_id != old_id
+
+    # From then on the snapshot is simply current.
+    again = load_table(kafka_settings, users_spec, tmp_path)
+    assert not again.rebuilt and sorted(again.table) == ["new@x.io"]
