@@ -47,6 +47,30 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not value > 0 or value == float("inf"):  # also rejects nan
+        raise ConfigError(f"{name} must be a number > 0, got {env.get(name)!r}")
+    return value
+
+
+def _at_least(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    value = _int(env, name, default)
+    if value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {env.get(name)!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw == "":
@@ -79,6 +103,12 @@ class Settings:
     connector_console_url_template: str = ""
     dagster_port: int = 3000
     inline_delivery: bool = True
+    # Delivery pacing per Slack conversation (token bucket): Slack allows about 1 msg/s per
+    # channel with short bursts. Only raise these against a Slack stand-in with raised limits.
+    slack_channel_rate_per_s: float = 0.95
+    slack_channel_burst: int = 2
+    # Threads per delivery batch: one channel lane per thread (a lane is serial).
+    delivery_max_workers: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +137,13 @@ class Settings:
             connector_console_url_template=env.get("CONNECTOR_CONSOLE_URL_TEMPLATE", ""),
             dagster_port=_int(env, "DAGSTER_PORT", base.dagster_port),
             inline_delivery=_bool(env, "ALERT_PLATFORM_INLINE_DELIVERY", base.inline_delivery),
+            slack_channel_rate_per_s=_positive_float(
+                env, "SLACK_CHANNEL_RATE_PER_S", base.slack_channel_rate_per_s
+            ),
+            slack_channel_burst=_at_least(env, "SLACK_CHANNEL_BURST", base.slack_channel_burst, 1),
+            delivery_max_workers=_at_least(
+                env, "ALERT_PLATFORM_DELIVERY_WORKERS", base.delivery_max_workers, 1
+            ),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

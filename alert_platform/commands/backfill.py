@@ -314,8 +314,9 @@ def _local_pipeline(
             "source_ranges": [str(r) for r in ranges],
         }
         return located, []
+    timings: dict[str, float] = {}
     report, ranges, method = backfill_pipeline(
-        settings, spec, start, end, run_id=run_id, index=index
+        settings, spec, start, end, run_id=run_id, index=index, timings=timings
     )
     result = {
         "pipeline": name,
@@ -325,6 +326,8 @@ def _local_pipeline(
         "outside_window": report.outside_window,
         "written_ranges": [str(r) for r in report.written],
         "elapsed_s": round(report.elapsed_s, 3),
+        "locate_s": round(timings.get("locate_s", 0.0), 3),
+        "tables_s": round(report.tables_s, 3),
     }
     return result, [r for r in report.written if r.topic == topics.SLACK_MESSAGES]
 
@@ -340,7 +343,10 @@ def _deliver(settings: Settings, ranges: list[Any], run_id: str) -> dict[str, An
         raise CommandError(f"delivery failed: {exc}") from exc
     summary = report.delivery.summary() if report.delivery else {}
     keys = ("delivered", "already_delivered", "suppressed_repeat", "dead_lettered")
-    return {k: summary.get(k, 0) for k in keys}
+    figures: dict[str, Any] = {k: summary.get(k, 0) for k in keys}
+    figures["records"] = report.records_read
+    figures["elapsed_s"] = round(report.elapsed_s, 3)
+    return figures
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

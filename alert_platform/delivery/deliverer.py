@@ -1,8 +1,10 @@
 """Deliver a batch of alerts to Slack exactly once: claim, pace, post, retry, record.
 
-:func:`deliver_batch` groups messages into one *lane* per channel (order kept within a
-channel) and runs the lanes concurrently on a thread pool, so one channel's 429 or slow
-answer never holds up another. Each lane first resolves where it is addressed to a
+:func:`deliver_batch` first settles, in one ledger read, every message the ledger already
+holds as delivered (``already_delivered`` / ``suppressed_repeat``: a delivered row is final).
+It groups the rest into one *lane* per channel (order kept within a channel) and runs the
+lanes concurrently on ``max_workers`` threads, longest lanes first, so one channel's 429 or
+slow answer never holds up another. Each lane first resolves where it is addressed to a
 conversation id (:mod:`alert_platform.delivery.channels`: a user id -> its DM, a name ->
 ``conversations.list``; cached per batch), so the ledger row records the id, the posts go
 to it, and ``conversations.history`` (which takes ids only) can be asked about it by any later
@@ -11,15 +13,27 @@ run. A reference that cannot be resolved is dead-lettered (``channel_not_found``
 1. ``ledger.claim`` (see :mod:`alert_platform.delivery.ledger`): ``DUPLICATE`` -> skip
    (``already_delivered`` / ``suppressed_repeat``); ``IN_FLIGHT`` -> wait for the lease, claim
    again; ``UNCERTAIN`` -> look for the claim's nonce in ``conversations.history`` first.
-2. Pace: a per-conversation token bucket just under Slack's ~1 msg/s per channel.
-3. ``chat.postMessage`` with ``metadata`` carrying the alert id and the claim's nonce.
-4. Outcome (see :mod:`alert_platform.delivery.responses`):
+2. Pace: a per-conversation token bucket (``pacer``; the platform's default is just under
+   Slack's ~1 msg/s per channel, ``SLACK_CHANNEL_RATE_PER_S`` / ``SLACK_CHANNEL_BURST``).
+3. Heartbeat the claim (fencing: ``False`` means another run took it over, do not post), unless
+   this run wrote its heartbeat less than ``FRESH_CLAIM_S`` ago (at most lease/15): nobody
+   can take a claim over before its lease runs out, so the first post right after the claim
+   skips that write; every retry and every post after a wait writes it.
+4. ``chat.postMessage`` with ``metadata`` carrying the alert id and the claim's nonce.
+5. Outcome (see :mod:`alert_platform.delivery.responses`):
    ok -> ``mark_delivered``; 429 -> wait ``Retry-After`` on that channel only, retry;
    5xx / timeout / connection -> retry with capped exponential backoff, and because Slack has
    no idempotency key, look for the nonce in the channel history before posting again;
    permanent -> ``mark_failed`` + dead letter, the batch goes on;
    auth -> stop everything, post nothing more, release what was not posted, raise
    :class:`SlackAuthError`.
+
+On a single-writer ledger (SQLite) the ledger calls of all lanes run on one thread, many per
+transaction (:class:`_LedgerOps`): claims and heartbeats wait for their commit, the
+``mark_delivered`` of a post does not (until it commits the row stays 'sending' under a fresh
+heartbeat; a crash before it is the crash between post and ledger write that the nonce lookup
+already recovers). When pacing lets a lane post fast, the lane claims its next few messages in
+one call (``CLAIM_AHEAD``); what it claimed and did not post when it stops is released.
 
 Every attempt outcome goes to ``on_response`` (a ``slack-responses`` record). Nothing is
 dropped: a message that cannot be finished now (transient errors past ``max_attempts``, or
@@ -35,7 +49,7 @@ import random
 import signal
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -44,6 +58,7 @@ from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.engine import Connection
 
 from alert_platform.delivery.channels import (
     ChannelResolver,
@@ -95,6 +110,17 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 HISTORY_MARGIN = timedelta(seconds=60)  # clock skew between us and Slack
 RETRY_CAUSES = ("rate_limited", "server_error", "timeout", "connection")
+# A claim whose heartbeat this run wrote less than this long ago (and at most lease/15) is
+# posted without another heartbeat first: nobody can take it over before the lease runs out.
+FRESH_CLAIM_S = 1.0
+# Ledger calls per transaction at most (single-writer ledgers, see _LedgerOps).
+MAX_GROUP = 256
+# A lane claims up to this many of its next messages in one ledger call (single-writer
+# ledgers): as many as its pacing lets out within CLAIM_AHEAD_SPAN_S (and lease/6). At Slack's
+# real pace (~1 msg/s) that is one: claims made ahead and not posted when a run dies cost the
+# next run a history lookup each, which only pays off when posts are fast.
+CLAIM_AHEAD = 16
+CLAIM_AHEAD_SPAN_S = 0.25
 
 ResponseCallback = Callable[[dict[str, Any]], None]
 
@@ -171,6 +197,123 @@ def shared_pacer(
         if key not in _SHARED_PACERS:
             _SHARED_PACERS[key] = ChannelPacer(rate, burst)
         return _SHARED_PACERS[key]
+
+
+# -- ledger calls -------------------------------------------------------------------------
+
+
+class _Op:
+    __slots__ = ("done", "exc", "fn", "result", "wait")
+
+    def __init__(self, fn: Callable[[Connection | None], Any], wait: bool) -> None:
+        self.fn = fn
+        self.wait = wait
+        self.done = threading.Event() if wait else None
+        self.result: Any = None
+        self.exc: BaseException | None = None
+
+
+class _LedgerOps:
+    """The batch's ledger calls (each ``fn(conn)`` calls one ledger method with ``conn``).
+
+    A single-writer ledger (SQLite) takes one write transaction at a time, and each costs a
+    lock hand-over between the lanes' threads: here one thread runs the calls instead, as many
+    per transaction as are waiting (group commit). :meth:`call` waits for the commit of its
+    call (a claim or a heartbeat holds once committed, before the post); :meth:`submit` does
+    not wait (recording a post that happened: until it commits the row stays 'sending' with a
+    fresh heartbeat, and if the process dies first, the next run finds the post in Slack by its
+    nonce, as after any crash between the post and the ledger write). Every call of a failed
+    transaction fails; a failed :meth:`submit` stops the batch (``on_error``) and is raised at
+    its end. Other ledgers (PostgreSQL) run every call at once in the caller's thread.
+    """
+
+    def __init__(self, ledger: DeliveryLedger, on_error: Callable[[BaseException], None]) -> None:
+        self.ledger = ledger
+        self.grouped = ledger.single_writer
+        self.error: BaseException | None = None
+        self._on_error = on_error
+        self._cond = threading.Condition()
+        self._pending: deque[_Op] = deque()
+        self._outstanding = 0
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def call(self, fn: Callable[[Connection | None], Any]) -> Any:
+        """``fn``'s result once its transaction committed (or its exception)."""
+        if not self.grouped:
+            return fn(None)
+        op = _Op(fn, wait=True)
+        self._enqueue(op)
+        assert op.done is not None
+        op.done.wait()
+        if op.exc is not None:
+            raise op.exc
+        return op.result
+
+    def submit(self, fn: Callable[[Connection | None], Any]) -> None:
+        """Run ``fn`` soon; do not wait for it."""
+        if not self.grouped:
+            fn(None)
+            return
+        self._enqueue(_Op(fn, wait=False))
+
+    def _enqueue(self, op: _Op) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("ledger calls after the batch ended")
+            self._pending.append(op)
+            self._outstanding += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="slack-ledger", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                ops = [self._pending.popleft() for _ in range(min(MAX_GROUP, len(self._pending)))]
+            results: list[Any] = []
+            failure: BaseException | None = None
+            try:
+                with self.ledger.transaction() as conn:
+                    for op in ops:
+                        results.append(op.fn(conn))
+            except BaseException as exc:
+                failure = exc
+            for index, op in enumerate(ops):
+                if failure is not None:
+                    op.exc = failure
+                else:
+                    op.result = results[index]
+                if op.done is not None:
+                    op.done.set()
+            if failure is not None and any(not op.wait for op in ops):
+                if self.error is None:
+                    self.error = failure
+                LOG.error("the delivery ledger failed to record posts: %s", failure)
+                self._on_error(failure)
+            with self._cond:
+                self._outstanding -= len(ops)
+                self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every call so far has committed (or failed)."""
+        with self._cond:
+            while self._outstanding:
+                self._cond.wait()
+
+    def close(self) -> None:
+        """Flush, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -318,6 +461,14 @@ class _Batch:
         self._counts: Counter[str] = Counter()
         self._retries: Counter[str] = Counter()
         self.resolver = ChannelResolver(self._resolver_call)
+        self.ops = _LedgerOps(ledger, on_error=lambda _exc: self.stop.set())
+        # claim row id -> monotonic time just before our last heartbeat write was requested
+        self._beats: dict[int, float] = {}
+        self.fresh_s = min(FRESH_CLAIM_S, lease.total_seconds() / 15)
+        self.claim_ahead = 1
+        if ledger.single_writer:
+            span = min(CLAIM_AHEAD_SPAN_S, lease.total_seconds() / 6)
+            self.claim_ahead = max(1, min(CLAIM_AHEAD, int(pacer.rate * span)))
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -399,8 +550,20 @@ class _Batch:
                 return
             if self.stop.wait(min(remaining, beat)):
                 raise _Stop
-            if claim is not None and remaining > beat and not self.ledger.touch(claim):
+            if claim is not None and remaining > beat and not self._touch(claim):
                 raise _LostClaim
+
+    def _touch(self, claim: Claim, attempts: int | None = None) -> bool:
+        """Heartbeat (and attempt count) of a claim we hold; ``False`` when it is not ours."""
+        began = time.monotonic()
+        ours = self.ops.call(lambda conn: self.ledger.touch(claim, attempts=attempts, conn=conn))
+        if ours:
+            self._beats[claim.row_id] = began
+        return bool(ours)
+
+    def _is_fresh(self, claim: Claim) -> bool:
+        beat = self._beats.get(claim.row_id)
+        return beat is not None and time.monotonic() - beat < self.fresh_s
 
     def _backoff(self, failures: int) -> float:
         delay = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(0, failures - 1)))
@@ -474,20 +637,89 @@ class _Batch:
             for message in messages:
                 self._result(AlertResult(message.alert_id, "not_attempted"))
             raise
-        for index, message in enumerate(messages):
+        index = 0
+        while index < len(messages):
+            chunk = messages[index : index + self.claim_ahead]
+            later = messages[index + len(chunk) :]
             if self.stop.is_set():
-                for rest in messages[index:]:
-                    self._result(AlertResult(rest.alert_id, "not_attempted"))
+                self._not_attempted(messages[index:])
                 return
             try:
-                self.deliver_one(message, target)
+                claims = self._claim_ahead(chunk, target)
             except BaseException:
-                # An unexpected error (the ledger is down, a bug): stop every lane now; each
-                # releases what it holds and the error is raised once all lanes have stopped.
-                self.stop.set()
-                for rest in messages[index + 1 :]:
-                    self._result(AlertResult(rest.alert_id, "not_attempted"))
+                self.stop.set()  # the ledger failed: stop every lane (see below)
+                self._not_attempted(messages[index:])
                 raise
+            for offset, message in enumerate(chunk):
+                if self.stop.is_set():
+                    self._leave(chunk[offset:], claims[offset:])
+                    self._not_attempted(later)
+                    return
+                try:
+                    self.deliver_one(message, target, claims[offset])
+                except BaseException:
+                    # An unexpected error (the ledger is down, a bug): stop every lane now;
+                    # each releases what it holds and the error is raised once all lanes have
+                    # stopped.
+                    self.stop.set()
+                    self._leave(chunk[offset + 1 :], claims[offset + 1 :])
+                    self._not_attempted(later)
+                    raise
+            index += len(chunk)
+
+    def _not_attempted(self, messages: Sequence[OutboundMessage]) -> None:
+        for message in messages:
+            self._result(AlertResult(message.alert_id, "not_attempted"))
+
+    @staticmethod
+    def _addressed(message: OutboundMessage, target: str | Unresolvable) -> OutboundMessage:
+        """The message as claimed: addressed to the lane's conversation id when resolved (the
+        ledger row records the id)."""
+        if isinstance(target, str) and target != message.channel_id:
+            return replace(message, channel_id=target)
+        return message
+
+    def _claim_ahead(
+        self, chunk: Sequence[OutboundMessage], target: str | Unresolvable
+    ) -> list[Claim | None]:
+        """Claims of a lane's next messages, decided in one ledger call (each exactly as
+        :meth:`DeliveryLedger.claim` decides it alone); ``None`` each for a single message (it
+        claims when its turn comes). Heartbeats of claims waiting their turn for longer than
+        ``fresh_s`` are refreshed before their post, as after any wait."""
+        if len(chunk) == 1:
+            return [None]
+        addressed = [self._addressed(message, target) for message in chunk]
+        began = time.monotonic()
+        claims: list[Claim] = self.ops.call(
+            lambda conn: [
+                self.ledger.claim(m, self.window, owner=self.owner, lease=self.lease, conn=conn)
+                for m in addressed
+            ]
+        )
+        for claim in claims:
+            if claim.kind in (ClaimKind.NEW, ClaimKind.UNCERTAIN):
+                self._beats[claim.row_id] = began
+        return list(claims)
+
+    def _leave(self, messages: Sequence[OutboundMessage], claims: Sequence[Claim | None]) -> None:
+        """The lane stops: give back what it claimed ahead and did not post (an uncertain
+        takeover stays 'sending' for the next run to check in Slack)."""
+        for message, claim in zip(messages, claims, strict=True):
+            if claim is None or claim.kind is ClaimKind.IN_FLIGHT:
+                self._result(AlertResult(message.alert_id, "not_attempted"))
+            elif claim.kind is ClaimKind.DUPLICATE:
+                row = claim.row
+                status = claim.reason or ALREADY_DELIVERED
+                self._result(AlertResult(message.alert_id, status, row.channel, row.ts,
+                                         row.attempts))  # fmt: skip
+            else:
+                state = _MessageState(claim, attempts=claim.attempts)
+                state.maybe_posted = claim.kind is ClaimKind.UNCERTAIN
+                try:
+                    self._abandon(message, state, lost=False)
+                except Exception:  # the ledger is failing: the row stays for the next run
+                    self._result(AlertResult(message.alert_id, "unfinished",
+                                             attempts=claim.attempts))  # fmt: skip
 
     def _resolve(self, lane: str) -> str | Unresolvable:
         """The lane's conversation id, or why there is none (its alerts are dead-lettered)."""
@@ -503,7 +735,14 @@ class _Batch:
         waited = 0.0
         max_wait = 3 * self.lease.total_seconds()
         while True:
-            claim = self.ledger.claim(message, self.window, owner=self.owner, lease=self.lease)
+            began = time.monotonic()
+            claim = self.ops.call(
+                lambda conn: self.ledger.claim(
+                    message, self.window, owner=self.owner, lease=self.lease, conn=conn
+                )
+            )
+            if claim.kind in (ClaimKind.NEW, ClaimKind.UNCERTAIN):
+                self._beats[claim.row_id] = began
             if claim.kind is not ClaimKind.IN_FLIGHT:
                 return claim
             if waited >= max_wait:
@@ -514,15 +753,14 @@ class _Batch:
             self._sleep(delay)
             waited += delay
 
-    def deliver_one(self, message: OutboundMessage, target: str | Unresolvable) -> None:
+    def deliver_one(
+        self, message: OutboundMessage, target: str | Unresolvable, claim: Claim | None = None
+    ) -> None:
         """Deliver one message of a lane resolved to ``target`` (a conversation id, or why
-        the lane has none)."""
-        resolved = isinstance(target, str)
-        claimed = message
-        if resolved and target != message.channel_id:
-            claimed = replace(message, channel_id=target)  # the row records the id
+        the lane has none); ``claim``: its claim when already made (:meth:`_claim_ahead`)."""
         try:
-            claim = self._claim(claimed)
+            if claim is None or claim.kind is ClaimKind.IN_FLIGHT:
+                claim = self._claim(self._addressed(message, target))
         except _Stop:
             self._result(AlertResult(message.alert_id, "not_attempted"))
             return
@@ -559,7 +797,9 @@ class _Batch:
         if lost:
             self._result(AlertResult(message.alert_id, "unfinished", error="claim_taken_over"))
             return
-        if not state.maybe_posted and self.ledger.release(state.claim):
+        if not state.maybe_posted and self.ops.call(
+            lambda conn: self.ledger.release(state.claim, conn=conn)
+        ):
             self._result(AlertResult(message.alert_id, "released", attempts=state.attempts))
         else:
             self._result(AlertResult(message.alert_id, "unfinished", attempts=state.attempts))
@@ -583,6 +823,7 @@ class _Batch:
         lane = state.target
         assert lane is not None
         failures = 0
+        posts = 0
         while True:
             if self.stop.is_set():
                 raise _Stop
@@ -592,7 +833,12 @@ class _Batch:
                 state.maybe_posted = False
             self._sleep(self.pacer.reserve(lane), claim)
             state.attempts += 1
-            if not self.ledger.touch(claim, attempts=state.attempts):
+            posts += 1
+            # The first post right after the claim needs no heartbeat first (the claim wrote
+            # one a moment ago); later ones refresh it and record the attempt count.
+            if not (posts == 1 and self._is_fresh(claim)) and not self._touch(
+                claim, attempts=state.attempts
+            ):
                 raise _LostClaim
             if self.stop.is_set():
                 state.attempts -= 1
@@ -612,9 +858,7 @@ class _Batch:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if self.after_post is not None:
                     self.after_post(message, data)
-                if not self.ledger.mark_delivered(claim, channel, ts, attempts=state.attempts):
-                    LOG.warning("alert %s: posted, but its ledger row was no longer 'sending' "
-                                "(another run took it over)", message.alert_id)  # fmt: skip
+                self.ops.submit(self._recorder(message, claim, channel, ts, state.attempts))
                 self._record(message, ok=True, channel=channel, ts=ts, error=None,
                              attempts=state.attempts, date=call.date)  # fmt: skip
                 self._result(AlertResult(message.alert_id, "delivered", channel, ts,
@@ -648,6 +892,20 @@ class _Batch:
                 delay = max(delay, self.settle)  # let a slow request land before checking
             self._sleep(delay, claim)
 
+    def _recorder(
+        self, message: OutboundMessage, claim: Claim, channel: str, ts: str | None, attempts: int
+    ) -> Callable[[Connection | None], bool]:
+        """The ledger write of a post that happened (``mark_delivered``)."""
+
+        def record(conn: Connection | None) -> bool:
+            recorded = self.ledger.mark_delivered(claim, channel, ts, attempts=attempts, conn=conn)
+            if not recorded:
+                LOG.warning("alert %s: posted, but its ledger row was no longer 'sending' "
+                            "(another run took it over)", message.alert_id)  # fmt: skip
+            return recorded
+
+        return record
+
     def _post(self, message: OutboundMessage, claim: Claim, channel: str) -> _CallResult:
         self._count("post_calls")
         kwargs: dict[str, Any] = {
@@ -677,7 +935,11 @@ class _Batch:
     def _dead_letter(
         self, message: OutboundMessage, state: _MessageState, code: str, *, detail: str = ""
     ) -> None:
-        self.ledger.mark_failed(state.claim, code, attempts=state.attempts)
+        self.ops.call(
+            lambda conn: self.ledger.mark_failed(
+                state.claim, code, attempts=state.attempts, conn=conn
+            )
+        )
         letter = DeadLetter.for_message(message, code, detail=detail, attempts=state.attempts)
         self._result(
             AlertResult(message.alert_id, "dead_lettered", message.channel_id, None,
@@ -693,7 +955,13 @@ class _Batch:
         if found is None:
             return False
         channel, ts = found
-        self.ledger.mark_delivered(state.claim, channel, ts, attempts=state.attempts)
+        # It was posted at least once (an earlier run may have died before counting it).
+        attempts = state.attempts = max(1, state.attempts)
+        self.ops.call(
+            lambda conn: self.ledger.mark_delivered(
+                state.claim, channel, ts, attempts=attempts, conn=conn
+            )
+        )
         self._record(message, ok=True, channel=channel, ts=ts, error=None,
                      attempts=state.attempts, date=None)  # fmt: skip
         self._result(AlertResult(message.alert_id, "recovered_uncertain", channel, ts,
@@ -797,8 +1065,11 @@ def deliver_batch(
     not used; the deliverer retries itself). ``window``: timedelta or hours
     (``settings.dedup_window_hours``). ``on_response``: called (never concurrently) with a
     ``slack-responses`` record per attempt outcome. ``pacer``: per-channel pacing (default:
-    the process-wide one for the client's endpoint). ``settle``: seconds to wait after a
-    timeout before checking Slack for the message (default: the client timeout, at least 1).
+    the process-wide one for the client's endpoint at Slack's pace; ``run_delivery`` passes the
+    one of the settings). ``max_workers``: lanes (channels) posting at the same time; at
+    Slack's pace of ~1 msg/s per channel it also bounds the batch to ~``max_workers`` msg/s.
+    ``settle``: seconds to wait after a timeout before checking Slack for the message
+    (default: the client timeout, at least 1).
     ``lease``: how long another run's 'sending' claim is respected before it counts as crashed
     (default: the ledger's, 60 s). ``after_post``: test hook called after a successful post,
     before the ledger write.
@@ -835,18 +1106,44 @@ def deliver_batch(
         batch._result(
             AlertResult(letter.alert_id or "", "dead_lettered", error=letter.error), letter
         )
-    lanes = _lanes(parsed)
+    # What the ledger already holds as delivered is settled in one read, before any lane
+    # starts: no claim transaction, and no channel lookup for a lane with nothing left to post.
+    pending: list[OutboundMessage] = []
+    for message, known in zip(parsed, ledger.duplicates(parsed, window), strict=True):
+        if known is None:
+            pending.append(message)
+            continue
+        row = known.row
+        status = known.reason or ALREADY_DELIVERED
+        batch._result(AlertResult(message.alert_id, status, row.channel, row.ts, row.attempts))
+    # The longest lanes first: a lane is serial, so the longest one bounds the batch's time.
+    lanes = deque(sorted(_lanes(pending), key=len, reverse=True))
     errors: list[BaseException] = []
-    if lanes:
-        with ThreadPoolExecutor(
-            max_workers=max(1, min(max_workers, len(lanes))), thread_name_prefix="slack-lane"
-        ) as pool:
-            futures = [pool.submit(batch.run_lane, lane) for lane in lanes]
-            for future in futures:
-                exc = future.exception()
-                if exc is not None:
-                    batch.stop.set()
+    errors_lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            try:
+                lane = lanes.popleft()
+            except IndexError:
+                return
+            try:
+                batch.run_lane(lane)
+            except BaseException as exc:
+                batch.stop.set()
+                with errors_lock:
                     errors.append(exc)
+
+    try:
+        if lanes:
+            workers = max(1, min(max_workers, len(lanes)))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-lane") as pool:
+                for future in [pool.submit(work) for _ in range(workers)]:
+                    future.result()
+    finally:
+        batch.ops.close()  # every post recorded in the ledger before the batch reports
+    if batch.ops.error is not None:
+        errors.append(batch.ops.error)
     report = batch.finish(time.monotonic() - started)
     if errors:
         raise errors[0]

@@ -28,16 +28,38 @@ Atomicity across processes: SQLite transactions are ``BEGIN IMMEDIATE`` (one wri
 time, others wait up to ``busy_timeout``); PostgreSQL takes
 ``pg_advisory_xact_lock(hashtext(table || alert_id))`` before reading. A unique constraint on
 ``(alert_id, event_time)`` backs both.
+
+Within one process, the transactions of every ledger on the same SQLite file also take one
+in-process lock first: the delivery lanes' threads then queue on it in turn instead of all
+racing for the database lock, whose busy handler makes a loser *sleep* (1 ms, 2 ms, 5 ms, ...
+up to 100 ms) even when the winner is done after a fraction of a millisecond. Other processes
+still meet at the database lock (``busy_timeout``); nothing about what a transaction decides
+changes.
+
+SQLite durability: the engine runs ``journal_mode=WAL`` with ``synchronous=NORMAL``
+(:mod:`alert_platform.storage`): a commit is in the WAL file (written, not fsync'ed) before it
+returns, so it survives the *process* being killed at any point (SIGKILL, OOM, a crash), which
+is what the claim / lease / uncertain-recovery protocol relies on. What it does not survive is
+the *machine* losing power (or the OS crashing) within the last checkpoint interval: then the
+last commits may be rolled back, and an alert posted just before could be posted again by the
+next run. A deployment that must survive power loss without any duplicate uses PostgreSQL (or
+``synchronous=FULL``, at about one fsync per ledger write).
+
+:meth:`DeliveryLedger.duplicates` answers the ``DUPLICATE`` decision for a whole batch in one
+read: a ``delivered`` row is final (nothing turns it back into another state), so a message it
+suppresses needs neither a claim transaction nor a channel lookup.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -78,6 +100,22 @@ def _default_lease(default_s: float = 60.0) -> timedelta:
 
 
 DEFAULT_LEASE = _default_lease()
+# Alert ids per ``IN (...)`` list of a bulk read (SQLite allows 32,766 parameters since 3.32).
+_IN_CHUNK = 500
+
+# One lock per SQLite database file, shared by every ledger of this process on that file.
+_SQLITE_LOCKS: dict[str, threading.Lock] = {}
+_SQLITE_LOCKS_GUARD = threading.Lock()
+
+
+def _sqlite_write_lock(url: str) -> threading.Lock | None:
+    """The in-process lock of a SQLite file database (``None`` for in-memory ones)."""
+    database = make_url(url).database
+    if database in (None, "", ":memory:"):
+        return None
+    key = os.path.realpath(os.path.expanduser(database))
+    with _SQLITE_LOCKS_GUARD:
+        return _SQLITE_LOCKS.setdefault(key, threading.Lock())
 
 
 class ClaimKind(enum.Enum):
@@ -237,6 +275,8 @@ class DeliveryLedger:
             ),
         )
         self._lock_prefix = f"{schema or ''}.{table_name}:"
+        self._write_lock = _sqlite_write_lock(url) if self.dialect == "sqlite" else None
+        self._prepare_statements()
         if create:
             self.create_tables()
 
@@ -266,15 +306,121 @@ class DeliveryLedger:
         self.close()
 
     @contextmanager
-    def _locked(self, alert_id: str) -> Iterator[Connection]:
-        """A transaction holding the per-alert lock (SQLite: the database write lock)."""
-        with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                conn.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-                    {"key": self._lock_prefix + alert_id},
-                )
+    def _begin(self) -> Iterator[Connection]:
+        """A transaction; on SQLite behind this process's lock of the file (module docstring)."""
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self.engine.begin() as conn:
             yield conn
+
+    @property
+    def single_writer(self) -> bool:
+        """SQLite: one writer at a time, so a caller with many writes groups them into few
+        transactions (:meth:`transaction`); PostgreSQL runs concurrent writers."""
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction for several ledger calls (pass it as their ``conn``): they take
+        effect together at its commit, or not at all."""
+        with self._begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _using(self, conn: Connection | None) -> Iterator[Connection]:
+        """``conn`` (the caller's transaction), else a transaction of our own."""
+        if conn is not None:
+            yield conn
+            return
+        with self._begin() as own:
+            yield own
+
+    @contextmanager
+    def _locked(self, alert_id: str, conn: Connection | None = None) -> Iterator[Connection]:
+        """A transaction holding the per-alert lock (SQLite: the database write lock)."""
+        with self._using(conn) as locked:
+            if self.dialect == "postgresql":
+                locked.execute(self._q_advisory, {"p_key": self._lock_prefix + alert_id})
+            yield locked
+
+    def _prepare_statements(self) -> None:
+        """The hot statements, built once (constructing a statement and its cache key costs
+        more Python than running it on SQLite)."""
+        t = self.table
+
+        def b(name: str, type_: Any) -> Any:
+            return sa.bindparam(name, type_=type_)
+
+        def keep_attempts() -> Any:
+            return sa.func.coalesce(b("p_attempts", sa.Integer), t.c.attempts)
+
+        owned = t.update().where(
+            t.c.id == b("p_id", sa.Integer),
+            t.c.state == SENDING,
+            t.c.owner == b("p_claim_owner", sa.String),
+        )
+        self._q_advisory = sa.text("SELECT pg_advisory_xact_lock(hashtext(:p_key))")
+        self._q_window = (
+            sa.select(t)
+            .where(
+                t.c.alert_id == b("p_alert_id", sa.String),
+                t.c.event_time >= b("p_lo", UTCDateTime),
+                t.c.event_time <= b("p_hi", UTCDateTime),
+            )
+            .order_by(t.c.event_time)
+        )
+        self._q_take_over = (
+            t.update()
+            .where(t.c.id == b("p_id", sa.Integer))
+            .values(
+                owner=b("p_owner", sa.String),
+                heartbeat_at=b("p_now", UTCDateTime),
+                source=b("p_source", sa.String),
+            )
+        )
+        self._q_renew = (
+            t.update()
+            .where(t.c.id == b("p_id", sa.Integer))
+            .values(
+                state=SENDING,
+                channel=b("p_channel", sa.String),
+                ts=None,
+                source=b("p_source", sa.String),
+                nonce=b("p_nonce", sa.String),
+                owner=b("p_owner", sa.String),
+                claimed_at=b("p_now", UTCDateTime),
+                heartbeat_at=b("p_now", UTCDateTime),
+                delivered_at=None,
+            )
+        )
+        self._q_insert = t.insert()
+        self._q_touch = owned.values(heartbeat_at=b("p_now", UTCDateTime), attempts=keep_attempts())
+        self._q_delivered = (
+            t.update()
+            .where(t.c.id == b("p_id", sa.Integer), t.c.state == SENDING)
+            .values(
+                state=DELIVERED,
+                channel=b("p_channel", sa.String),
+                ts=b("p_ts", sa.String),
+                delivered_at=b("p_now", UTCDateTime),
+                error=None,
+                attempts=keep_attempts(),
+            )
+        )
+        self._q_failed = owned.values(
+            state=FAILED_PERMANENT, error=b("p_error", sa.Text), owner=None,
+            attempts=keep_attempts(),
+        )  # fmt: skip
+        self._q_release_failed = owned.values(
+            state=FAILED_PERMANENT, owner=None, error=b("p_error", sa.Text)
+        )
+        self._q_release = t.delete().where(
+            t.c.id == b("p_id", sa.Integer),
+            t.c.state == SENDING,
+            t.c.owner == b("p_claim_owner", sa.String),
+        )
 
     # -- rows ------------------------------------------------------------------------------
 
@@ -282,14 +428,10 @@ class DeliveryLedger:
     def _row(mapping: Any) -> LedgerRow:
         return LedgerRow(**{name: mapping[name] for name in LedgerRow.__dataclass_fields__})
 
-    def _get(self, conn: Connection, row_id: int) -> LedgerRow:
-        found = conn.execute(sa.select(self.table).where(self.table.c.id == row_id)).mappings()
-        return self._row(found.one())
-
     def lookup(self, alert_id: str) -> list[LedgerRow]:
         """Every row of ``alert_id``, newest event first (for ``explain``)."""
         t = self.table
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             result = conn.execute(
                 sa.select(t).where(t.c.alert_id == alert_id).order_by(t.c.event_time.desc())
             )
@@ -297,7 +439,7 @@ class DeliveryLedger:
 
     def count_by_state(self) -> dict[str, int]:
         t = self.table
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             result = conn.execute(sa.select(t.c.state, sa.func.count()).group_by(t.c.state))
             return {state: int(n) for state, n in result}
 
@@ -306,24 +448,57 @@ class DeliveryLedger:
     def _within_window(
         self, conn: Connection, alert_id: str, event_time: datetime, window: timedelta
     ) -> list[LedgerRow]:
-        t = self.table
         result = conn.execute(
-            sa.select(t)
-            .where(
-                t.c.alert_id == alert_id,
-                t.c.event_time >= event_time - window,
-                t.c.event_time <= event_time + window,
-            )
-            .order_by(t.c.event_time)
+            self._q_window,
+            {"p_alert_id": alert_id, "p_lo": event_time - window, "p_hi": event_time + window},
         )
         return [self._row(m) for m in result.mappings()]
 
     def is_delivered(self, message: OutboundMessage, window: timedelta | float) -> bool:
         """Whether a claim for ``message`` would be a ``DUPLICATE`` (read-only, no lock)."""
         event_time = message.event_time.astimezone(UTC)
-        with self.engine.connect() as conn:
+        with self._begin() as conn:
             rows = self._within_window(conn, message.alert_id, event_time, _as_window(window))
         return any(row.state == DELIVERED for row in rows)
+
+    def duplicates(
+        self, messages: Sequence[OutboundMessage], window: timedelta | float
+    ) -> list[Claim | None]:
+        """For each message, the ``DUPLICATE`` claim :meth:`claim` would answer now (same row,
+        same ``reason``), or ``None`` when it would answer anything else. One read per
+        ``_IN_CHUNK`` alert ids, no row written: a ``delivered`` row is final, so the answer
+        cannot change before the caller acts on it."""
+        window = _as_window(window)
+        t = self.table
+        ids = sorted({message.alert_id for message in messages})
+        delivered: dict[str, list[LedgerRow]] = defaultdict(list)
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            with self._begin() as conn:
+                result = conn.execute(
+                    sa.select(t).where(t.c.state == DELIVERED, t.c.alert_id.in_(chunk))
+                )
+                for mapping in result.mappings():
+                    row = self._row(mapping)
+                    delivered[row.alert_id].append(row)
+        out: list[Claim | None] = []
+        for message in messages:
+            event_time = message.event_time.astimezone(UTC)
+            rows = [
+                r
+                for r in delivered.get(message.alert_id, ())
+                if event_time - window <= r.event_time <= event_time + window
+            ]
+            if not rows:
+                out.append(None)
+                continue
+            row = min(rows, key=lambda r: (abs(r.event_time - event_time), r.event_time))
+            reason = ALREADY_DELIVERED if row.event_time == event_time else SUPPRESSED_REPEAT
+            out.append(
+                Claim(ClaimKind.DUPLICATE, message.alert_id, event_time, self.owner, row,
+                      reason=reason)
+            )  # fmt: skip
+        return out
 
     def claim(
         self,
@@ -332,20 +507,22 @@ class DeliveryLedger:
         *,
         owner: str | None = None,
         lease: timedelta | None = None,
+        conn: Connection | None = None,
     ) -> Claim:
         """Decide atomically whether ``message`` may be posted (see the module docstring).
 
         ``window`` is a timedelta or hours; ``owner`` defaults to this ledger's owner; ``lease``
         (default: the ledger's) is how stale a ``sending`` heartbeat must be to be taken over.
+        ``conn``: decide inside the caller's :meth:`transaction` (the claim holds once it
+        commits); default: a transaction of its own.
         """
         window = _as_window(window)
         owner = owner or self.owner
         lease = self.lease if lease is None else lease
-        t = self.table
         event_time = message.event_time.astimezone(UTC)
-        with self._locked(message.alert_id) as conn:
+        with self._locked(message.alert_id, conn) as locked:
             now = _utcnow()
-            rows = self._within_window(conn, message.alert_id, event_time, window)
+            rows = self._within_window(locked, message.alert_id, event_time, window)
 
             def closest(candidates: list[LedgerRow]) -> LedgerRow:
                 return min(candidates, key=lambda r: abs(r.event_time - event_time))
@@ -368,12 +545,13 @@ class DeliveryLedger:
                 row = closest(sending)
                 if now - row.heartbeat_at < lease:
                     return decided(ClaimKind.IN_FLIGHT, row, retry_at=row.heartbeat_at + lease)
-                conn.execute(
-                    t.update()
-                    .where(t.c.id == row.id)
-                    .values(owner=owner, heartbeat_at=now, source=message.source_ref or row.source)
+                source = message.source_ref or row.source
+                locked.execute(
+                    self._q_take_over,
+                    {"p_id": row.id, "p_owner": owner, "p_now": now, "p_source": source},
                 )
-                return decided(ClaimKind.UNCERTAIN, self._get(conn, row.id))
+                taken = replace(row, owner=owner, heartbeat_at=now, source=source)
+                return decided(ClaimKind.UNCERTAIN, taken)
 
             failed = [r for r in rows if r.state == FAILED_PERMANENT and r.event_time == event_time]
             values = {
@@ -388,84 +566,94 @@ class DeliveryLedger:
                 "delivered_at": None,
             }
             if failed:
-                row_id = failed[0].id
-                conn.execute(t.update().where(t.c.id == row_id).values(**values))
-                return decided(ClaimKind.NEW, self._get(conn, row_id), retry_of_failure=True)
-            inserted = conn.execute(
-                t.insert().values(
-                    alert_id=message.alert_id, event_time=event_time, attempts=0, **values
+                row = failed[0]
+                locked.execute(
+                    self._q_renew,
+                    {
+                        "p_id": row.id,
+                        "p_channel": values["channel"],
+                        "p_source": values["source"],
+                        "p_nonce": values["nonce"],
+                        "p_owner": owner,
+                        "p_now": now,
+                    },
                 )
+                renewed = replace(row, **values)
+                return decided(ClaimKind.NEW, renewed, retry_of_failure=True)
+            inserted = locked.execute(
+                self._q_insert,
+                {"alert_id": message.alert_id, "event_time": event_time, "attempts": 0, **values},
             )
             row_id = inserted.inserted_primary_key[0]
-            return decided(ClaimKind.NEW, self._get(conn, row_id))
+            row = LedgerRow(
+                id=row_id, alert_id=message.alert_id, event_time=event_time, attempts=0,
+                error=None, **values,
+            )  # fmt: skip
+            return decided(ClaimKind.NEW, row)
 
     # -- after the claim -------------------------------------------------------------------
 
-    def _owned(self, claim: Claim) -> Any:
-        t = self.table
-        return sa.and_(t.c.id == claim.row_id, t.c.state == SENDING, t.c.owner == claim.owner)
-
-    def touch(self, claim: Claim, *, attempts: int | None = None) -> bool:
+    def touch(
+        self, claim: Claim, *, attempts: int | None = None, conn: Connection | None = None
+    ) -> bool:
         """Refresh the claim's heartbeat (and attempt count); ``False`` when it is no longer
         ours (taken over after going stale, released, or finished): do not post then."""
-        values: dict[str, Any] = {"heartbeat_at": _utcnow()}
-        if attempts is not None:
-            values["attempts"] = attempts
-        with self.engine.begin() as conn:
-            return (
-                conn.execute(
-                    self.table.update().where(self._owned(claim)).values(**values)
-                ).rowcount
-                == 1
-            )
+        params = {
+            "p_id": claim.row_id,
+            "p_claim_owner": claim.owner,
+            "p_now": _utcnow(),
+            "p_attempts": attempts,
+        }
+        with self._using(conn) as c:
+            return c.execute(self._q_touch, params).rowcount == 1
 
     def mark_delivered(
-        self, claim: Claim, channel: str | None, ts: str | None, *, attempts: int | None = None
+        self,
+        claim: Claim,
+        channel: str | None,
+        ts: str | None,
+        *,
+        attempts: int | None = None,
+        conn: Connection | None = None,
     ) -> bool:
         """Record the post (``channel`` id and message ``ts``). Not fenced by owner: a post
         that happened is always recorded. ``False`` when the row was not 'sending' any more."""
-        t = self.table
-        values: dict[str, Any] = {
-            "state": DELIVERED,
-            "channel": channel,
-            "ts": ts,
-            "delivered_at": _utcnow(),
-            "error": None,
+        params = {
+            "p_id": claim.row_id,
+            "p_channel": channel,
+            "p_ts": ts,
+            "p_now": _utcnow(),
+            "p_attempts": attempts,
         }
-        if attempts is not None:
-            values["attempts"] = attempts
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                t.update().where(t.c.id == claim.row_id, t.c.state == SENDING).values(**values)
-            )
-            return result.rowcount == 1
+        with self._using(conn) as c:
+            return c.execute(self._q_delivered, params).rowcount == 1
 
-    def mark_failed(self, claim: Claim, error: str, *, attempts: int | None = None) -> bool:
+    def mark_failed(
+        self,
+        claim: Claim,
+        error: str,
+        *,
+        attempts: int | None = None,
+        conn: Connection | None = None,
+    ) -> bool:
         """Record a permanent failure (nothing was posted). A later claim of the very same
         event gets ``NEW`` again (``retry_of_failure``); failed rows never suppress."""
-        values: dict[str, Any] = {"state": FAILED_PERMANENT, "error": error[:2000], "owner": None}
-        if attempts is not None:
-            values["attempts"] = attempts
-        with self.engine.begin() as conn:
-            return (
-                conn.execute(
-                    self.table.update().where(self._owned(claim)).values(**values)
-                ).rowcount
-                == 1
-            )
+        params = {
+            "p_id": claim.row_id,
+            "p_claim_owner": claim.owner,
+            "p_error": error[:2000],
+            "p_attempts": attempts,
+        }
+        with self._using(conn) as c:
+            return c.execute(self._q_failed, params).rowcount == 1
 
-    def release(self, claim: Claim) -> bool:
+    def release(self, claim: Claim, *, conn: Connection | None = None) -> bool:
         """Give a claim back after a failure that certainly posted nothing: the row goes away
         (a row that was a retry of a permanent failure goes back to 'failed_permanent'), so the
         alert is ``NEW`` for the next run. ``False`` when the claim was not ours any more."""
-        t = self.table
-        with self.engine.begin() as conn:
+        params: dict[str, Any] = {"p_id": claim.row_id, "p_claim_owner": claim.owner}
+        with self._using(conn) as c:
             if claim.retry_of_failure:
-                result = conn.execute(
-                    t.update()
-                    .where(self._owned(claim))
-                    .values(state=FAILED_PERMANENT, owner=None, error=claim.row.error)
-                )
-            else:
-                result = conn.execute(t.delete().where(self._owned(claim)))
-            return result.rowcount == 1
+                params["p_error"] = claim.row.error
+                return c.execute(self._q_release_failed, params).rowcount == 1
+            return c.execute(self._q_release, params).rowcount == 1

@@ -17,14 +17,14 @@ from typing import Any
 from slack_sdk import WebClient
 
 from alert_platform import topics
-from alert_platform.delivery.deliverer import DeliveryReport, deliver_batch
+from alert_platform.delivery.deliverer import DeliveryReport, deliver_batch, shared_pacer
 from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.delivery.messages import parse_records
 from alert_platform.kafka.clients import make_consumer, make_producer
-from alert_platform.kafka.offsets import OffsetRange
+from alert_platform.kafka.offsets import BROKER_HINT, OffsetRange
 from alert_platform.kafka.reader import read_ranges
 from alert_platform.kafka.records import SourceRecord
-from alert_platform.kafka.writer import BatchProducer
+from alert_platform.kafka.writer import BatchProducer, ProduceError
 from alert_platform.settings import Settings
 
 
@@ -75,7 +75,15 @@ def run_delivery(
 
     ``owner`` names this run's ledger claims (the Dagster run id, so ``explain`` can say which
     run delivered an alert); it applies when no ``ledger`` is passed (default: a fresh id).
+    Pacing and lane threads come from ``settings`` (``SLACK_CHANNEL_RATE_PER_S``,
+    ``SLACK_CHANNEL_BURST``, ``ALERT_PLATFORM_DELIVERY_WORKERS``) unless ``deliver_options``
+    names a ``pacer`` / ``max_workers``.
     """
+    if deliver_options.get("pacer") is None:
+        deliver_options["pacer"] = shared_pacer(
+            client.base_url, settings.slack_channel_rate_per_s, settings.slack_channel_burst
+        )
+    deliver_options.setdefault("max_workers", settings.delivery_max_workers)
     started = time.monotonic()
     report = DeliveryRunReport(list(ranges))
     records = read_messages(settings, ranges)
@@ -104,15 +112,34 @@ def run_delivery(
             report.delivery = partial
         raise
     finally:
-        delivery = report.delivery
+        try:
+            _write_outcomes(out, report)
+        finally:
+            if own_ledger:
+                ledger.close()
+            report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _write_outcomes(out: BatchProducer, report: DeliveryRunReport) -> None:
+    """The dead letters, then a flush of everything (``slack-responses`` included); any failure
+    is a :class:`ProduceError` that names the broker setting."""
+    delivery = report.delivery
+    try:
         for letter in delivery.dead_letters if delivery is not None else ():
             out.produce(topics.SLACK_MESSAGES_DLQ, letter.key, letter.dlq_value())
             report.dead_letters_written += 1
         out.flush()
-        if own_ledger:
-            ledger.close()
-        report.elapsed_s = time.monotonic() - started
-    return report
+    except ProduceError:
+        raise
+    except Exception as exc:
+        # E.g. the idempotent producer hit a fatal error (its broker came back empty while
+        # records were in flight): confluent-kafka then fails inside its delivery callbacks
+        # with an error that names nothing to check.
+        raise ProduceError(
+            f"could not write delivery outcomes to {topics.SLACK_RESPONSES} / "
+            f"{topics.SLACK_MESSAGES_DLQ} ({type(exc).__name__}: {exc}); {BROKER_HINT}"
+        ) from exc
 
 
 def needs_delivery(settings: Settings, rng: OffsetRange, ledger: DeliveryLedger) -> bool:
@@ -125,7 +152,8 @@ def needs_delivery(settings: Settings, rng: OffsetRange, ledger: DeliveryLedger)
     parsed = parse_records(read_messages(settings, [rng]))
     if parsed.dead_letters:
         return True
-    return not all(ledger.is_delivered(message, window) for message in parsed.messages)
+    known = ledger.duplicates(parsed.messages, window)  # one read per 500 alert ids
+    return not all(claim is not None for claim in known)
 
 
 def ranges_already_delivered(settings: Settings, ranges: Sequence[OffsetRange]) -> set[OffsetRange]:
