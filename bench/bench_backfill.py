@@ -75,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_engine import MALFORMED, MALFORMED_SHARE, SEED, make_event, make_tables
 from confluent_kafka import Producer
+from host_cpu import busy_cpu_s, process_cpu_s
 
 from alert_platform import topics
 from alert_platform.delivery.deliverer import ChannelPacer, deliver_batch
@@ -417,17 +418,17 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         command = backfill_command(start, end)
         gc.collect()
         began_epoch = time.time()
-        busy0, cpu0 = _busy_cpu_s(), _own_cpu_s()
-        services0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+        busy0, cpu0 = busy_cpu_s(), _own_cpu_s()
+        services0 = {name: process_cpu_s(pid) for name, pid in pids.items()}
         if args.in_process:
             wall, out = run_backfill_in_process(command, env, args.profile)
         else:
             wall, out = run_backfill_subprocess(command, env)
         cpu = {
             "backfill_command": round(_own_cpu_s() - cpu0, 1),
-            **{name: round(_cpu_s(pid) - services0[name], 1) for name, pid in pids.items()},
+            **{name: round(process_cpu_s(pid) - services0[name], 1) for name, pid in pids.items()},
         }
-        busy = _busy_cpu_s() - busy0
+        busy = busy_cpu_s() - busy0
         cpu["other_processes"] = round(max(0.0, busy - sum(cpu.values())), 1)
         result["cpu_s"] = cpu
         log(f"  backfill done in {wall:.1f}s")
@@ -539,30 +540,10 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return result
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (Linux /proc)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _own_cpu_s() -> float:
     """CPU seconds of this process and of its finished children (the subprocess command)."""
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has been busy (all processes, /proc/stat)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def print_result(result: dict[str, Any]) -> None:

@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_engine import make_workload
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from host_cpu import busy_cpu_s, process_cpu_s
 
 from alert_platform import topics
 from alert_platform.kafka.admin import create_topics
@@ -93,26 +94,6 @@ CONSOLE_URL = "https://console.example/{org_id}/{env_id}/connectors/{connector_i
 BATCH = 10_000
 
 Workload = tuple[list[SourceRecord], dict[str, LookupTable]]
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (Linux /proc)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has been busy (all processes, /proc/stat)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def calibrate() -> float:
@@ -251,7 +232,7 @@ def measure(
     """One timed measurement on a broker that holds the workload."""
     gc.collect()
     loop_ns = calibrate()
-    broker_cpu, own_cpu, busy = _cpu_s(broker_pid), _self_cpu_s(), _busy_cpu_s()
+    broker_cpu, own_cpu, busy = process_cpu_s(broker_pid), _self_cpu_s(), busy_cpu_s()
     profiler = cProfile.Profile() if profile else None
     started = time.perf_counter()
     if profiler:
@@ -271,8 +252,8 @@ def measure(
         "seconds": seconds,
         "events_s": rng.size / seconds,
         "own_cpu_s": _self_cpu_s() - own_cpu,
-        "broker_cpu_s": _cpu_s(broker_pid) - broker_cpu,
-        "machine_busy_cpu_s": _busy_cpu_s() - busy,
+        "broker_cpu_s": process_cpu_s(broker_pid) - broker_cpu,
+        "machine_busy_cpu_s": busy_cpu_s() - busy,
         "loop_ns": loop_ns,
         "problems": [],
     }
