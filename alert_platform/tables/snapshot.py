@@ -199,9 +199,21 @@ def load_snapshot(
     *,
     normalise_key: Normalise | None = None,
 ) -> tuple[LookupTable, dict[int, int]]:
-    """The table and its offsets (next offset per partition) stored at ``path``.
+    """The table and its offsets (next offset per partition) stored at ``path``: see
+    :func:`load_snapshot_with_info`."""
+    table, info = load_snapshot_with_info(path, spec, normalise_key=normalise_key)
+    return table, dict(info.offsets) if info is not None else {}
 
-    A missing file gives ``spec``'s empty table and ``{}`` (without ``spec``:
+
+def load_snapshot_with_info(
+    path: str | os.PathLike[str],
+    spec: TableSpec | None = None,
+    *,
+    normalise_key: Normalise | None = None,
+) -> tuple[LookupTable, SnapshotInfo | None]:
+    """The table stored at ``path`` and the snapshot's metadata (``None``: no file).
+
+    A missing file gives ``spec``'s empty table and ``None`` (without ``spec``:
     ``FileNotFoundError``). With ``spec`` the snapshot must be of that table (name, key column,
     columns), else :class:`SnapshotError`. The key normaliser is ``normalise_key``, else
     ``spec``'s, else the one the file names (when registered in ``KEY_NORMALISERS``). A corrupt
@@ -213,7 +225,7 @@ def load_snapshot(
     if not path.exists():
         if spec is None:
             raise FileNotFoundError(f"no snapshot at {path}")
-        return spec.new_table(), {}
+        return spec.new_table(), None
     try:
         info = _info(path, pq.read_schema(path))
         if spec is not None:
@@ -234,7 +246,7 @@ def load_snapshot(
     table = LookupTable.from_columns(
         info.table, info.key_column, columns, normalise_key=normalise_key
     )
-    return table, dict(info.offsets)
+    return table, info
 
 
 def _registered_name(normalise_key: Normalise | None) -> str | None:

@@ -28,12 +28,7 @@ from alert_platform.kafka.reader import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT_S, r
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.settings import Settings
 from alert_platform.tables.lookup import LookupTable
-from alert_platform.tables.snapshot import (
-    SnapshotError,
-    load_snapshot,
-    read_snapshot_info,
-    save_snapshot,
-)
+from alert_platform.tables.snapshot import SnapshotError, load_snapshot_with_info, save_snapshot
 from alert_platform.tables.specs import TableSpec
 
 ValueParser = Callable[[bytes], Mapping[str, Any]]
@@ -207,8 +202,8 @@ def load_table(
     current_id = topic_id(settings, table_spec.topic)
     snapshot_id = ""
     try:
-        table, offsets = load_snapshot(path, table_spec)
-        info = read_snapshot_info(path)
+        table, info = load_snapshot_with_info(path, table_spec)
+        offsets = dict(info.offsets) if info is not None else {}
         snapshot_id = info.topic_id if info is not None else ""
     except SnapshotError as exc:
         notes.append(f"ignoring snapshot {path}: {exc}; rebuilding from {table_spec.topic}")
