@@ -21,6 +21,7 @@ dev: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
 # The fault and bad-input suite (tests/faults, also part of `make test`), then its results table.
