@@ -118,6 +118,19 @@ def test_post_to_channel_name_id_and_user_dm(client: WebClient, control: Sandbox
     assert [r["text"] for r in control.messages(channel=ALICE["id"])] == ["fallback"]
 
 
+def test_conversations_open_says_whether_the_dm_already_existed(
+    sandbox: SandboxServer, client: WebClient
+) -> None:
+    first = client.conversations_open(users=ALICE["id"])
+    again = client.conversations_open(users=[ALICE["id"]])
+    assert first["channel"]["id"] == again["channel"]["id"]
+    assert first.get("already_open") is False
+    assert again["already_open"] is True
+    assert slack_error(client.conversations_open, users="U0NOBODY").response["error"] == (
+        "user_not_found"
+    )
+
+
 def test_ts_unique_and_increasing_under_concurrency(
     client: WebClient, control: SandboxControl
 ) -> None:

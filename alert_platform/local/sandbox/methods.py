@@ -383,11 +383,11 @@ class SlackApi:
             raise SlackError("users_list_not_supplied")
         if len(users) > 8:
             raise SlackError("too_many_users")
-        before = set(self.state.channels)
-        channel = self.state.open_dm(users[0]) if len(users) == 1 else self.state.open_mpim(users)
+        state = self.state
+        channel, created = state.open_dm(users[0]) if len(users) == 1 else state.open_mpim(users)
         if channel is None:
             raise SlackError("user_not_found")
-        existed = channel.id in before
+        existed = not created
         body: dict[str, Any] = {"id": channel.id}
         if _bool(params, "return_im"):
             body.update(is_im=channel.is_im, is_mpim=channel.is_mpim, user=channel.user)

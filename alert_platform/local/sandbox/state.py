@@ -328,31 +328,33 @@ class SandboxState:
         for channel in data.get("channels", []):
             self.add_channel(str(channel["id"]), str(channel["name"]))
 
-    def open_dm(self, user_id: str) -> Channel | None:
-        """The DM channel with a known user (created on first use); ``None`` if unknown."""
+    def open_dm(self, user_id: str) -> tuple[Channel | None, bool]:
+        """``(the DM channel with a known user, whether this call created it)``;
+        ``(None, False)`` if the user is unknown."""
         with self.lock:
             if user_id not in self.users:
-                return None
+                return None, False
             channel_id = "D" + user_id[1:]
             channel = self.channels.get(channel_id)
-            if channel is None:
-                channel = Channel(channel_id, user=user_id)
-                self.channels[channel_id] = channel
-            return channel
+            if channel is not None:
+                return channel, False
+            channel = self.channels[channel_id] = Channel(channel_id, user=user_id)
+            return channel, True
 
-    def open_mpim(self, user_ids: list[str]) -> Channel | None:
-        """A group DM with several known users; ``None`` if any is unknown."""
+    def open_mpim(self, user_ids: list[str]) -> tuple[Channel | None, bool]:
+        """``(a group DM with several known users, whether this call created it)``;
+        ``(None, False)`` if any is unknown."""
         with self.lock:
             if any(u not in self.users for u in user_ids):
-                return None
+                return None, False
             members = tuple(sorted(set(user_ids)))
             digest = hashlib.sha1(",".join(members).encode()).hexdigest()[:9].upper()
             channel_id = "G" + digest
             channel = self.channels.get(channel_id)
-            if channel is None:
-                channel = Channel(channel_id, members=members)
-                self.channels[channel_id] = channel
-            return channel
+            if channel is not None:
+                return channel, False
+            channel = self.channels[channel_id] = Channel(channel_id, members=members)
+            return channel, True
 
     def find_channel(
         self, ref: str, *, allow_user: bool, allow_name: bool = True
@@ -373,7 +375,7 @@ class SandboxState:
         if channel is not None:
             return channel
         if allow_user and ref[0] in "UW" and ref in self.users:
-            return self.open_dm(ref)
+            return self.open_dm(ref)[0]
         return self.channels_by_name.get(ref) if allow_name else None
 
     def conversations(self, types: frozenset[str]) -> list[Channel]:
