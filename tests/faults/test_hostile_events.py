@@ -22,17 +22,18 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from dagster import DagsterInstance
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alert_platform import topics
 from alert_platform.delivery.messages import ALERT_ID_MAX, InvalidMessage, message_from_value
 from alert_platform.kafka.records import SourceRecord
+from alert_platform.local.sandbox.control import SandboxControl
 from alert_platform.pipelines.connector_failure import ASSIGNMENTS, CONNECTOR_FAILURE, SLACK_USERS
 from alert_platform.pipelines.engine import BatchResult, enrich_batch
 from alert_platform.settings import Settings
@@ -465,75 +466,14 @@ def test_record_engine_results() -> None:
 # -- one real Kafka + Slack pass ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hostile_settings(
-    tmp_path_factory: pytest.TempPathFactory, slack_settings: Settings
-) -> Iterator[Settings]:
-    """A broker of its own (the pipelines use the real topic names) and the session sandbox."""
-    from alert_platform.kafka.admin import create_topics
-    from alert_platform.local.stack import LocalStack, free_port_settings
-
-    own = free_port_settings(tmp_path_factory.mktemp("hostile"))
-    stack = LocalStack(own, die_with_parent=True)
-    stack.up(["kafka"])
-    settings_ = own.with_overrides(
-        slack_api_url=slack_settings.slack_api_url, slack_bot_token=slack_settings.slack_bot_token
-    )
-    create_topics(settings_)
-    try:
-        yield settings_
-    finally:
-        stack.down()
-
-
-def tick_and_run(sensor_name: str, instance: Any, cursor: str | None) -> tuple[Any, list[Any]]:
-    """Evaluate a sensor once and execute every run it requests, in process."""
-    from dagster import SensorResult, build_sensor_context
-
-    from alert_platform.definitions import defs
-
-    repo = defs.get_repository_def()
-    sensor_def = repo.get_sensor_def(sensor_name)
-    with build_sensor_context(
-        instance=instance, cursor=cursor, resources=defs.resources, definitions=defs
-    ) as context:
-        result = sensor_def(context)
-    assert isinstance(result, SensorResult)
-    outcomes = []
-    for request in result.run_requests or []:
-        job = repo.get_job(sensor_def.job_name)
-        outcomes.append(
-            job.execute_in_process(
-                run_config=request.run_config,
-                instance=instance,
-                partition_key=request.partition_key,
-                tags={**request.tags, "dagster/run_key": request.run_key},
-                raise_on_error=False,
-            )
-        )
-    return result, outcomes
-
-
 @pytest.mark.integration
 def test_corpus_through_kafka_and_slack(
-    hostile_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    platform_env: Settings, sandbox: SandboxControl, instance: DagsterInstance
 ) -> None:
-    from dagster import instance_for_test
-
-    from alert_platform.local.sandbox.control import SandboxControl
     from tests.faults.harness import produce, read_topic
+    from tests.integration.flow_helpers import tick_and_run, tick_delivery
 
-    settings_ = hostile_settings
-    for name, value in {
-        "KAFKA_BOOTSTRAP_SERVERS": settings_.bootstrap_servers,
-        "ALERT_PLATFORM_DATA_DIR": str(settings_.data_dir),
-        "SLACK_API_URL": settings_.slack_api_url,
-        "SLACK_BOT_TOKEN": settings_.slack_bot_token,
-    }.items():
-        monkeypatch.setenv(name, value)
-    sandbox = SandboxControl(settings_.slack_api_url)
-    sandbox.reset()
-    sandbox.set_rate_limit(per_second=0)
+    settings_ = platform_env
     user_id, email = "U0DEMO0002", "grace.hopper@example.com"  # a seeded sandbox user
     assignments, users = corpus_lookups(user_id, email)
     rows = [(row["org_id"].encode(), json.dumps(row).encode()) for row in assignments]
@@ -544,28 +484,21 @@ def test_corpus_through_kafka_and_slack(
     produce(settings_, topics.NOTIFICATIONS, [(case.key, case.value) for case in cases])
     expected = {expected_alert_id(case) for case in cases if case.outcome == "alert"}
     expected_dead = [case for case in cases if case.outcome == "dlq"]
-    try:
-        with instance_for_test() as instance:
-            enriched, runs = tick_and_run("connector_failure_tail", instance, None)
-            assert runs and all(run.success for run in runs)
-            cursor = None
-            for _ in range(2):  # the delivery sensor settles one tick, then skips what is done
-                result, deliveries = tick_and_run("slack_delivery_tail", instance, cursor)
-                cursor = result.cursor
-                assert all(run.success for run in deliveries)
-            posted_messages = [m for m in sandbox.messages() if m.get("metadata")]
-            # The pipeline goes on: an ordinary event after the corpus becomes an alert.
-            after = event(labels(connector_id="lcc-after"))
-            produce(settings_, topics.NOTIFICATIONS, [(b"org-1", after)])
-            _, later = tick_and_run("connector_failure_tail", instance, enriched.cursor)
-            assert later and all(run.success for run in later)
-        posted = [m["metadata"]["event_payload"]["alert_id"] for m in sandbox.messages()
-                  if m.get("metadata")]  # fmt: skip
-        dlq = read_topic(settings_, topics.ALERTS_DLQ)
-        delivery_dlq = read_topic(settings_, topics.SLACK_MESSAGES_DLQ)
-    finally:
-        sandbox.reset()
-        sandbox.set_rate_limit(per_second=1, burst=3)
+
+    enriched, runs = tick_and_run("connector_failure_tail", instance, None)
+    assert runs and all(run.success for run in runs)
+    _, deliveries = tick_delivery(instance)  # settles a tick, then skips what is done
+    assert all(run.success for run in deliveries)
+    posted_messages = [m for m in sandbox.messages() if m.get("metadata")]
+    # The pipeline goes on: an ordinary event after the corpus becomes an alert.
+    after = event(labels(connector_id="lcc-after"))
+    produce(settings_, topics.NOTIFICATIONS, [(b"org-1", after)])
+    _, later = tick_and_run("connector_failure_tail", instance, enriched.cursor)
+    assert later and all(run.success for run in later)
+    posted = [m["metadata"]["event_payload"]["alert_id"] for m in sandbox.messages()
+              if m.get("metadata")]  # fmt: skip
+    dlq = read_topic(settings_, topics.ALERTS_DLQ)
+    delivery_dlq = read_topic(settings_, topics.SLACK_MESSAGES_DLQ)
 
     figures = tally(expected | {"org-1-env-1-lcc-after-connector-failure"}, posted)
     record(
