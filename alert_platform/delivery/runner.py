@@ -20,7 +20,7 @@ from alert_platform import topics
 from alert_platform.delivery.deliverer import DeliveryReport, deliver_batch, shared_pacer
 from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.delivery.messages import parse_records
-from alert_platform.kafka.clients import make_consumer, make_producer
+from alert_platform.kafka.clients import make_consumer
 from alert_platform.kafka.offsets import BROKER_HINT, OffsetRange
 from alert_platform.kafka.reader import read_ranges
 from alert_platform.kafka.records import SourceRecord
@@ -90,7 +90,7 @@ def run_delivery(
     report.records_read = len(records)
     own_ledger = ledger is None
     ledger = ledger or DeliveryLedger(settings.effective_ledger_url, owner=owner)
-    out = BatchProducer(make_producer(settings))
+    out = BatchProducer.from_settings(settings)
 
     def on_response(record: dict[str, Any]) -> None:
         key = str(record["alert_id"]).encode()
@@ -133,9 +133,8 @@ def _write_outcomes(out: BatchProducer, report: DeliveryRunReport) -> None:
     except ProduceError:
         raise
     except Exception as exc:
-        # E.g. the idempotent producer hit a fatal error (its broker came back empty while
-        # records were in flight): confluent-kafka then fails inside its delivery callbacks
-        # with an error that names nothing to check.
+        # Whatever else the client raises (BatchProducer already turns a fatal client error,
+        # e.g. the broker came back empty while records were in flight, into ProduceError).
         raise ProduceError(
             f"could not write delivery outcomes to {topics.SLACK_RESPONSES} / "
             f"{topics.SLACK_MESSAGES_DLQ} ({type(exc).__name__}: {exc}); {BROKER_HINT}"

@@ -8,7 +8,9 @@ groups"). A ``group.id`` is still set because librdkafka requires one for some A
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, Producer
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
 from alert_platform.settings import Settings
@@ -88,9 +90,23 @@ def make_consumer(
     return Consumer(consumer_config(settings, **extra))
 
 
-def make_producer(settings: Settings, **extra: str | int | bool) -> Producer:
-    """An idempotent producer (``acks=all``, small linger, lz4)."""
-    return Producer(producer_config(settings, **extra))
+def make_producer(
+    settings: Settings,
+    *,
+    error_cb: Callable[[KafkaError], None] | None = None,
+    **extra: str | int | bool,
+) -> Producer:
+    """An idempotent producer (``acks=all``, small linger, lz4).
+
+    ``error_cb`` receives the client-level errors librdkafka reports while the producer is
+    polled or flushed (e.g. ``_TRANSPORT``, ``_ALL_BROKERS_DOWN``; it retries those itself).
+    confluent-kafka does not pass *fatal* errors to it: ``poll``/``flush`` raise them as a
+    ``KafkaException`` (see :class:`~alert_platform.kafka.writer.BatchProducer`).
+    """
+    config: dict[str, object] = {**producer_config(settings, **extra)}
+    if error_cb is not None:
+        config["error_cb"] = error_cb
+    return Producer(config)
 
 
 def make_admin(settings: Settings, **extra: str | int | bool) -> AdminClient:

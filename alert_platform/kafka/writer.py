@@ -5,17 +5,32 @@ the fast path (a full local queue is drained by polling, never surfaced as ``Buf
 :meth:`~BatchProducer.flush` waits for every delivery report and raises :class:`ProduceError`
 listing the failures. Successful delivery reports are folded into the lowest and highest offset
 written per ``(topic, partition)``, so a run can tell which offsets of an output topic it wrote.
+
+A *fatal* client error (e.g. ``UNKNOWN_PRODUCER_ID`` after the idempotent producer's broker
+restarted without its data while records were in flight) ends a producer for good.
+confluent-kafka raises it once from ``poll``/``flush`` (not through ``error_cb``; sometimes as a
+``SystemError`` that lost it) and refuses every later ``produce`` with ``_FATAL``. So ``flush``
+waits in short slices and raises :class:`ProduceError` (``fatal`` set) as soon as one shows, and
+``produce`` raises it at once from then on: make a new producer. Non-fatal client errors (broker
+down) are retried by librdkafka until the flush timeout; :meth:`BatchProducer.from_settings` logs
+each kind once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from alert_platform.kafka.clients import make_producer
 from alert_platform.kafka.offsets import BROKER_HINT, OffsetRange
+from alert_platform.settings import Settings
+
+LOG = logging.getLogger("alert_platform.kafka.writer")
 
 Headers = Sequence[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None]
 
@@ -26,6 +41,16 @@ DEFAULT_FLUSH_TIMEOUT_S = 60.0
 DEFAULT_QUEUE_TIMEOUT_S = 60.0
 # Serve delivery reports every this many produce() calls (keeps the queue from filling up).
 _POLL_EVERY = 1000
+# flush() waits in librdkafka flush calls of at most this long, so a fatal error ends it quickly.
+_FLUSH_SLICE_S = 0.5
+# librdkafka refuses a topic name this long (_INVALID_ARG) before queueing anything, but checks
+# for a fatal error (_FATAL) first: produce() to it tells a dead client from a live one.
+_PROBE_TOPIC = "x" * 513
+_REASON_LOST = KafkaError(
+    KafkaError._FATAL,
+    "confluent-kafka lost the reason while running delivery callbacks",
+    fatal=True,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +70,8 @@ class DeliveryFailure:
 
 
 class ProduceError(RuntimeError):
-    """Some records were not delivered; ``failures`` lists (up to 50 of) them."""
+    """Some records were not delivered; ``failures`` lists (up to 50 of) them. ``fatal``: the
+    fatal client error that ended the producer (make a new one), if that was the cause."""
 
     def __init__(
         self,
@@ -53,6 +79,8 @@ class ProduceError(RuntimeError):
         failures: Sequence[DeliveryFailure] = (),
         failed: int = 0,
         undelivered: int = 0,
+        *,
+        fatal: KafkaError | None = None,
     ) -> None:
         listed = "; ".join(str(f) for f in failures[:5])
         more = f" (+{failed - 5} more)" if failed > 5 else ""
@@ -60,6 +88,106 @@ class ProduceError(RuntimeError):
         self.failures = tuple(failures)
         self.failed = failed
         self.undelivered = undelivered
+        self.fatal = fatal
+
+
+def _fatal_message(
+    fatal: KafkaError,
+    produced: int,
+    failed: int,
+    undelivered: int,
+    failures: Sequence[DeliveryFailure],
+) -> str:
+    reason = f"{fatal.name()}: {fatal.str()}"
+    if fatal.code() == KafkaError._FATAL:  # the reason is lost: name the broker's error, if any
+        broker = next((f for f in failures if f.code > 0), None)
+        if broker is not None:
+            reason += f"; delivery reports name {KafkaError(broker.code).name()}: {broker.error}"
+    return (
+        f"the Kafka producer hit a fatal error and cannot deliver any more records "
+        f"({reason}); of {produced} records produced since the last flush, "
+        f"{failed} failed delivery and {undelivered} are undelivered. A new producer is needed "
+        f"(a rerun makes one); {BROKER_HINT} (a broker that restarted without its data ends an "
+        "idempotent producer)"
+    )
+
+
+def _fatal_in(exc: BaseException) -> KafkaError | None:
+    """The fatal error a ``KafkaException`` in ``exc``'s cause/context chain carries, or None.
+
+    confluent-kafka raises a fatal error from ``poll``/``flush``; a delivery callback it runs in
+    the same call may then fail with a ``SystemError`` caused by it. ``produce`` on a producer
+    that is already fatal raises ``_FATAL`` (without the reason).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, KafkaException) and current.args:
+            error = current.args[0]
+            if isinstance(error, KafkaError) and (
+                error.fatal() or error.code() == KafkaError._FATAL
+            ):
+                return error
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Drop the tracebacks of ``exc`` and the exceptions it chains.
+
+    confluent-kafka 2.16 leaks a reference to the exception it raises after a fatal error; its
+    traceback would keep the frames, and so the dead producer (and its threads), alive.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+
+
+def _probe_fatal(producer: Producer) -> KafkaError | None:
+    """``_FATAL`` if ``producer`` hit a fatal error, else None; queues nothing either way.
+
+    For when ``poll``/``flush`` raised without saying why (a ``SystemError`` "returned NULL
+    without setting an exception": a delivery callback ran over the pending fatal exception).
+    """
+    try:
+        producer.produce(_PROBE_TOPIC, b"")
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() == KafkaError._FATAL:
+            return error
+    except Exception:
+        pass
+    return None
+
+
+class ClientErrors:
+    """A producer's ``error_cb``: logs each kind (code) of non-fatal client error once at
+    WARNING (librdkafka retries those itself) and keeps the ``fatal`` error, if any."""
+
+    __slots__ = ("_logged", "fatal")
+
+    def __init__(self) -> None:
+        self.fatal: KafkaError | None = None
+        self._logged: set[int] = set()
+
+    def __call__(self, error: KafkaError) -> None:
+        if error.fatal():  # confluent-kafka raises these from poll/flush instead; just in case
+            if self.fatal is None:
+                self.fatal = error
+            return
+        code = error.code()
+        if code not in self._logged:
+            self._logged.add(code)
+            LOG.warning(
+                "Kafka producer: %s (%s); librdkafka keeps retrying until the flush timeout; %s",
+                error.str(),
+                error.name(),
+                BROKER_HINT,
+            )
 
 
 @dataclass(frozen=True)
@@ -83,10 +211,15 @@ class FlushReport:
 
 
 class BatchProducer:
-    """Many ``produce`` calls, one ``flush`` that raises if any delivery failed."""
+    """Many ``produce`` calls, one ``flush`` that raises if any delivery failed.
+
+    Prefer :meth:`from_settings`, which also wires in the ``error_cb`` that logs client errors;
+    a fatal error is caught either way.
+    """
 
     __slots__ = (
         "_delivered",
+        "_errors",
         "_failed",
         "_failures",
         "_produced",
@@ -98,9 +231,15 @@ class BatchProducer:
     )
 
     def __init__(
-        self, producer: Producer, *, queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
+        self,
+        producer: Producer,
+        *,
+        queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+        errors: ClientErrors | None = None,
     ) -> None:
+        """``errors``: the :class:`ClientErrors` ``producer`` was made with as ``error_cb``."""
         self._producer = producer
+        self._errors = errors if errors is not None else ClientErrors()
         self._queue_timeout_s = queue_timeout_s
         self._produced = 0
         self._delivered = 0
@@ -110,9 +249,28 @@ class BatchProducer:
         self.total_delivered = 0
         self._report = self._on_delivery  # bound once, not per produce()
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+        **extra: str | int | bool,
+    ) -> BatchProducer:
+        """A BatchProducer over ``make_producer(settings, **extra)`` whose ``error_cb`` is a
+        :class:`ClientErrors` (non-fatal client errors logged once per kind)."""
+        errors = ClientErrors()
+        producer = make_producer(settings, error_cb=errors, **extra)
+        return cls(producer, queue_timeout_s=queue_timeout_s, errors=errors)
+
     @property
     def producer(self) -> Producer:
         return self._producer
+
+    @property
+    def fatal_error(self) -> KafkaError | None:
+        """The fatal client error that ended this producer (make a new one), or None."""
+        return self._errors.fatal
 
     @property
     def pending(self) -> int:
@@ -133,6 +291,8 @@ class BatchProducer:
                 span[0] = offset
             return
         self._failed += 1
+        if error.code() == KafkaError._FATAL and self._errors.fatal is None:
+            self._errors.fatal = error
         if len(self._failures) < MAX_FAILURES_KEPT:
             self._failures.append(
                 DeliveryFailure(
@@ -157,6 +317,8 @@ class BatchProducer:
         if not headers and partition is None and timestamp_ms is None:
             self.produce_many(topic, ((key, value),))
             return
+        if self._errors.fatal is not None:
+            raise self._fatal_produce_error()
         kwargs: dict[str, object] = {"on_delivery": self._report}
         if headers:
             kwargs["headers"] = headers
@@ -168,16 +330,21 @@ class BatchProducer:
             self._producer.produce(topic, value, key, **kwargs)
         except BufferError:
             self._produce_when_room(topic, key, value, kwargs)
+        except KafkaException as exc:
+            self._raise_if_fatal(exc)
+            raise
         self._produced += 1
         if self._produced % _POLL_EVERY == 0:
-            self._producer.poll(0)
+            self._poll(0)
 
     def produce_many(
         self, topic: str, messages: Iterable[tuple[bytes | str | None, bytes | str | None]]
     ) -> None:
         """:meth:`produce` every ``(key, value)`` of ``messages`` to ``topic`` (the hot path:
         no per-record keyword arguments or method calls)."""
-        produce, poll, report = self._producer.produce, self._producer.poll, self._report
+        if self._errors.fatal is not None:
+            raise self._fatal_produce_error()
+        produce, poll, report = self._producer.produce, self._poll, self._report
         produced = self._produced
         try:
             for key, value in messages:
@@ -187,11 +354,50 @@ class BatchProducer:
                 except BufferError:
                     self._produced = produced
                     self._produce_when_room(topic, key, value, {"on_delivery": report})
+                except KafkaException as exc:
+                    self._produced = produced
+                    self._raise_if_fatal(exc)
+                    raise
                 produced += 1
                 if not produced % _POLL_EVERY:
+                    self._produced = produced  # counted right if poll raises
                     poll(0)
         finally:
             self._produced = produced
+
+    def _poll(self, timeout: float) -> None:
+        """Serve delivery reports; :class:`ProduceError` once the client hit a fatal error."""
+        try:
+            self._producer.poll(timeout)
+        except Exception as exc:
+            self._raise_if_fatal(exc)
+            raise
+        if self._errors.fatal is not None:
+            raise self._fatal_produce_error()
+
+    def _note_fatal(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by the client) means a fatal client error; remembers it."""
+        fatal = _fatal_in(exc)
+        if fatal is None and _probe_fatal(self._producer) is not None:
+            fatal = _REASON_LOST
+        if fatal is None:
+            return False
+        if self._errors.fatal is None:  # keep the first one: it names the reason
+            self._errors.fatal = fatal
+        _drop_tracebacks(exc)
+        return True
+
+    def _raise_if_fatal(self, exc: BaseException) -> None:
+        """Raise :class:`ProduceError` from ``exc`` if it means a fatal client error."""
+        if self._note_fatal(exc):
+            raise self._fatal_produce_error() from exc
+
+    def _fatal_produce_error(self) -> ProduceError:
+        fatal = self._errors.fatal
+        assert fatal is not None
+        failed, pending = self._failed, self.pending
+        message = _fatal_message(fatal, self._produced, failed, pending, self._failures)
+        return ProduceError(message, self._failures, failed, pending, fatal=fatal)
 
     def _produce_when_room(
         self,
@@ -202,10 +408,13 @@ class BatchProducer:
     ) -> None:
         deadline = time.monotonic() + self._queue_timeout_s
         while True:
-            self._producer.poll(0.05)  # serve delivery reports: frees queue space
+            self._poll(0.05)  # serve delivery reports: frees queue space
             try:
                 self._producer.produce(topic, value, key, **kwargs)
                 return
+            except KafkaException as exc:
+                self._raise_if_fatal(exc)
+                raise
             except BufferError:
                 if time.monotonic() > deadline:
                     raise ProduceError(
@@ -215,20 +424,24 @@ class BatchProducer:
                     ) from None
 
     def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
-        """Wait for every delivery report; raise :class:`ProduceError` if any record failed
-        or is still undelivered after ``timeout`` seconds. Either way the next batch starts
-        from zero."""
-        remaining = self._producer.flush(timeout)
+        """Wait for every delivery report; raise :class:`ProduceError` if any record failed,
+        is still undelivered after ``timeout`` seconds, or the client hit a fatal error (raised
+        within ~0.5 s of it, ``fatal`` set). Either way the next batch starts from zero."""
+        remaining = self._await_delivery(time.monotonic() + timeout)
+        fatal = self._errors.fatal
         report = FlushReport(
             self._produced,
             self._delivered,
             {tp: (span[0], span[1]) for tp, span in self._written.items()},
         )
-        failures, failed = self._failures, self._failed
+        failures, failed, pending = self._failures, self._failed, self.pending
         self.total_delivered += self._delivered
         self._produced = self._delivered = self._failed = 0
         self._failures = []
         self._written = {}
+        if fatal is not None:
+            message = _fatal_message(fatal, report.produced, failed, pending, failures)
+            raise ProduceError(message, failures, failed, pending, fatal=fatal)
         if failed or remaining:
             parts = []
             if failed:
@@ -237,3 +450,21 @@ class BatchProducer:
                 parts.append(f"{remaining} still undelivered after {timeout:g}s ({BROKER_HINT})")
             raise ProduceError(" and ".join(parts), failures, failed, remaining)
         return report
+
+    def _await_delivery(self, deadline: float) -> int:
+        """``producer.flush`` in slices until nothing is queued, ``deadline`` passes or the client
+        hit a fatal error; returns how many records are still queued."""
+        flush = self._producer.flush
+        while True:
+            try:
+                remaining = flush(min(_FLUSH_SLICE_S, max(0.0, deadline - time.monotonic())))
+            except Exception as exc:
+                if not self._note_fatal(exc):
+                    raise
+                # librdkafka fails every queued record at once: collect their delivery reports.
+                remaining = self.pending
+                with contextlib.suppress(Exception):
+                    remaining = flush(_FLUSH_SLICE_S)
+                return remaining
+            if not remaining or self._errors.fatal is not None or time.monotonic() >= deadline:
+                return remaining

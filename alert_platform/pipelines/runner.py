@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from alert_platform import topics
-from alert_platform.kafka.clients import make_consumer, make_producer
+from alert_platform.kafka.clients import make_consumer
 from alert_platform.kafka.offsets import OffsetRange
 from alert_platform.kafka.reader import read_range
 from alert_platform.kafka.writer import BatchProducer
@@ -121,7 +121,7 @@ def run_enrichment(
     started = time.monotonic()
     report = EnrichmentReport(spec.name)
     consumer = make_consumer(settings, **RUN_CONSUMER_CONFIG)
-    out = BatchProducer(make_producer(settings))
+    out = BatchProducer.from_settings(settings)
     with _cyclic_gc_paused():
         try:
             report.tables = (

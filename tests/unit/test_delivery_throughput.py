@@ -91,8 +91,9 @@ def test_run_delivery_paces_and_threads_as_the_settings_say(
     seen: dict[str, Any] = {}
 
     class Out:
-        def __init__(self, _producer: object) -> None:
-            pass
+        @classmethod
+        def from_settings(cls, _settings: object) -> Out:
+            return cls()
 
         def produce(self, *args: object) -> None:
             pass
@@ -105,7 +106,6 @@ def test_run_delivery_paces_and_threads_as_the_settings_say(
         return DeliveryReport()
 
     monkeypatch.setattr(runner, "read_messages", lambda settings, ranges: [])
-    monkeypatch.setattr(runner, "make_producer", lambda settings: None)
     monkeypatch.setattr(runner, "BatchProducer", Out)
     monkeypatch.setattr(runner, "deliver_batch", fake_deliver)
 
