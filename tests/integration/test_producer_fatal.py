@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
+from alert_platform.kafka.writer import BatchProducer, ProduceError
 from alert_platform.local.ports import port_is_free
 from alert_platform.local.stack import LocalStack, free_port_settings
 from alert_platform.settings import Settings
@@ -59,18 +60,22 @@ def records(prefix: bytes, count: int) -> list[tuple[bytes, bytes]]:
     return [(b"%s-%d" % (prefix, i), b"v" * 100) for i in range(count)]
 
 
-def test_flush_fails_fast_when_the_broker_restarts_empty_with_records_in_flight(
-    broker: tuple[Settings, LocalStack],
-) -> None:
-    from alert_platform.kafka.writer import BatchProducer, ProduceError
-
-    settings, stack = broker
+def producer_with_history(settings: Settings, stack: LocalStack) -> tuple[BatchProducer, int]:
+    """A BatchProducer that has delivered 500 records (its producer id is known to the
+    broker), and the broker's pid."""
     producer = BatchProducer.from_settings(settings)
     producer.produce_many(TOPIC, records(b"before", 500))
     assert producer.flush(10).delivered == 500
-
     pid = stack.process("kafka").pid
     assert pid is not None
+    return producer, pid
+
+
+def test_flush_fails_fast_when_the_broker_restarts_empty_with_records_in_flight(
+    broker: tuple[Settings, LocalStack],
+) -> None:
+    settings, stack = broker
+    producer, pid = producer_with_history(settings, stack)
     os.killpg(pid, signal.SIGSTOP)  # frozen: requests are sent, never answered
     producer.produce_many(TOPIC, records(b"doomed", 1000))
     time.sleep(0.5)  # linger.ms is 10: the records go out to the frozen broker
@@ -112,15 +117,8 @@ def test_flush_fails_fast_when_the_broker_restarts_empty_with_records_in_flight(
 def test_records_not_yet_sent_are_retried_until_the_flush_timeout(
     broker: tuple[Settings, LocalStack],
 ) -> None:
-    from alert_platform.kafka.writer import BatchProducer, ProduceError
-
     settings, stack = broker
-    producer = BatchProducer.from_settings(settings)
-    producer.produce_many(TOPIC, records(b"before", 500))
-    assert producer.flush(10).delivered == 500
-
-    pid = stack.process("kafka").pid
-    assert pid is not None
+    producer, pid = producer_with_history(settings, stack)
     os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: port_is_free(settings.kafka_port), 10, "the broker port", interval=0.05)
     producer.produce_many(TOPIC, records(b"queued", 200))  # the broker is gone: not sent
