@@ -91,25 +91,27 @@ class ProduceError(RuntimeError):
         self.fatal = fatal
 
 
-def _fatal_message(
+def _fatal_error(
     fatal: KafkaError,
     produced: int,
     failed: int,
     undelivered: int,
     failures: Sequence[DeliveryFailure],
-) -> str:
+) -> ProduceError:
+    """The :class:`ProduceError` for a producer that ``fatal`` ended."""
     reason = f"{fatal.name()}: {fatal.str()}"
     if fatal.code() == KafkaError._FATAL:  # the reason is lost: name the broker's error, if any
         broker = next((f for f in failures if f.code > 0), None)
         if broker is not None:
             reason += f"; delivery reports name {KafkaError(broker.code).name()}: {broker.error}"
-    return (
+    message = (
         f"the Kafka producer hit a fatal error and cannot deliver any more records "
         f"({reason}); of {produced} records produced since the last flush, "
         f"{failed} failed delivery and {undelivered} are undelivered. A new producer is needed "
         f"(a rerun makes one); {BROKER_HINT} (a broker that restarted without its data ends an "
         "idempotent producer)"
     )
+    return ProduceError(message, failures, failed, undelivered, fatal=fatal)
 
 
 def _fatal_in(exc: BaseException) -> KafkaError | None:
@@ -395,9 +397,7 @@ class BatchProducer:
     def _fatal_produce_error(self) -> ProduceError:
         fatal = self._errors.fatal
         assert fatal is not None
-        failed, pending = self._failed, self.pending
-        message = _fatal_message(fatal, self._produced, failed, pending, self._failures)
-        return ProduceError(message, self._failures, failed, pending, fatal=fatal)
+        return _fatal_error(fatal, self._produced, self._failed, self.pending, self._failures)
 
     def _produce_when_room(
         self,
@@ -440,8 +440,7 @@ class BatchProducer:
         self._failures = []
         self._written = {}
         if fatal is not None:
-            message = _fatal_message(fatal, report.produced, failed, pending, failures)
-            raise ProduceError(message, failures, failed, pending, fatal=fatal)
+            raise _fatal_error(fatal, report.produced, failed, pending, failures)
         if failed or remaining:
             parts = []
             if failed:
