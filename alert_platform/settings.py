@@ -23,6 +23,9 @@ LOCAL_KAFKA_PROFILE: Mapping[str, str] = {
 }
 
 _KAFKA_PREFIX = "KAFKA_"
+# The delivery lease must exceed one Slack call's deadline by at least this much (a live owner
+# heart-beats between calls, never during one).
+LEASE_MARGIN_S = 5.0
 
 
 class ConfigError(ValueError):
@@ -47,6 +50,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _int_in(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    value = _int(env, name, default)
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer from {low} to {high}, got {env.get(name)!r}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if raw == "":
@@ -69,6 +79,23 @@ def _at_least(env: Mapping[str, str], name: str, default: int, minimum: int) -> 
     if value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {env.get(name)!r}")
     return value
+
+
+def _bounded(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    """A number in ``[low, high]``; a clear error naming the variable and the range otherwise."""
+    value = _float(env, name, default)
+    if not low <= value <= high:  # also rejects nan and inf
+        raise ConfigError(
+            f"{name} must be a number from {low:g} to {high:g}, got {env.get(name)!r}"
+        )
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {env.get(name)!r}")
+    return raw
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -109,6 +136,28 @@ class Settings:
     slack_channel_burst: int = 2
     # Threads per delivery batch: one channel lane per thread (a lane is serial).
     delivery_max_workers: int = 64
+    # Event-time sanity at enrichment: an event time further back or ahead is dead-lettered.
+    event_time_max_past_hours: float = 720.0
+    event_time_max_future_minutes: float = 60.0
+    # Live delivery posts no alert whose event is older than this (outcome ``stale``); only an
+    # explicit backfill does.
+    max_alert_age_hours: float = 24.0
+    # Where a tail cursor with no history starts: "latest" (the end, minus the look-back) or
+    # "earliest" (the low watermark: the whole retention).
+    start_policy: str = "latest"
+    start_lookback_minutes: float = 0.0
+    # One deadline per Slack Web API call (the whole call, not one socket read); the delivery
+    # lease must exceed it by a margin (see ``validate``); Retry-After values are capped.
+    slack_call_timeout_s: float = 10.0
+    delivery_lease_s: float = 60.0
+    slack_retry_after_max_s: float = 120.0
+    # Back-off before the 2nd re-launch of a failed offset range (doubling, at most 300 s).
+    retry_backoff_base_s: float = 15.0
+    # Ops channel: one post per failing range, then a reminder at most this often.
+    ops_reminder_minutes: float = 60.0
+    # Ledger and run-index rows are pruned this long after the de-duplication window.
+    state_retention_margin_hours: float = 24.0
+    dagster_webserver_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,9 +182,11 @@ class Settings:
             bigquery_project=env.get("BIGQUERY_PROJECT") or base.bigquery_project,
             bigquery_dataset=env.get("BIGQUERY_DATASET") or base.bigquery_dataset,
             ledger_url=env.get("ALERT_LEDGER_URL", ""),
-            dedup_window_hours=_int(env, "ALERT_DEDUP_WINDOW_HOURS", base.dedup_window_hours),
+            dedup_window_hours=_int_in(
+                env, "ALERT_DEDUP_WINDOW_HOURS", base.dedup_window_hours, 1, 8_760
+            ),
             connector_console_url_template=env.get("CONNECTOR_CONSOLE_URL_TEMPLATE", ""),
-            dagster_port=_int(env, "DAGSTER_PORT", base.dagster_port),
+            dagster_port=_int_in(env, "DAGSTER_PORT", base.dagster_port, 1, 65_535),
             inline_delivery=_bool(env, "ALERT_PLATFORM_INLINE_DELIVERY", base.inline_delivery),
             slack_channel_rate_per_s=_positive_float(
                 env, "SLACK_CHANNEL_RATE_PER_S", base.slack_channel_rate_per_s
@@ -144,7 +195,69 @@ class Settings:
             delivery_max_workers=_at_least(
                 env, "ALERT_PLATFORM_DELIVERY_WORKERS", base.delivery_max_workers, 1
             ),
-        )
+            event_time_max_past_hours=_bounded(
+                env, "ALERT_EVENT_TIME_MAX_PAST_HOURS", base.event_time_max_past_hours, 1, 87_600
+            ),
+            event_time_max_future_minutes=_bounded(
+                env,
+                "ALERT_EVENT_TIME_MAX_FUTURE_MINUTES",
+                base.event_time_max_future_minutes,
+                0,
+                10_080,
+            ),
+            max_alert_age_hours=_bounded(
+                env, "ALERT_MAX_AGE_HOURS", base.max_alert_age_hours, 0.01, 87_600
+            ),
+            start_policy=_choice(
+                env, "ALERT_PLATFORM_START_POLICY", base.start_policy, ("latest", "earliest")
+            ),
+            start_lookback_minutes=_bounded(
+                env,
+                "ALERT_PLATFORM_START_LOOKBACK_MINUTES",
+                base.start_lookback_minutes,
+                0,
+                525_600,
+            ),
+            slack_call_timeout_s=_bounded(
+                env, "SLACK_CALL_TIMEOUT_S", base.slack_call_timeout_s, 1, 300
+            ),
+            delivery_lease_s=_bounded(
+                env, "ALERT_PLATFORM_DELIVERY_LEASE_S", base.delivery_lease_s, 15, 86_400
+            ),
+            slack_retry_after_max_s=_bounded(
+                env, "SLACK_RETRY_AFTER_MAX_S", base.slack_retry_after_max_s, 1, 3_600
+            ),
+            retry_backoff_base_s=_bounded(
+                env, "ALERT_PLATFORM_RETRY_BACKOFF_BASE_S", base.retry_backoff_base_s, 0, 3_600
+            ),
+            ops_reminder_minutes=_bounded(
+                env, "ALERT_OPS_REMINDER_MINUTES", base.ops_reminder_minutes, 1, 10_080
+            ),
+            state_retention_margin_hours=_bounded(
+                env,
+                "ALERT_STATE_RETENTION_MARGIN_HOURS",
+                base.state_retention_margin_hours,
+                1,
+                87_600,
+            ),
+            dagster_webserver_url=env.get("DAGSTER_WEBSERVER_URL", ""),
+        ).validate()
+
+    def validate(self) -> Settings:
+        """Cross-setting rules; returns ``self``. Raises :class:`ConfigError`."""
+        margin = LEASE_MARGIN_S
+        if self.delivery_lease_s < self.slack_call_timeout_s + margin:
+            raise ConfigError(
+                f"ALERT_PLATFORM_DELIVERY_LEASE_S ({self.delivery_lease_s:g} s) must be at least "
+                f"SLACK_CALL_TIMEOUT_S ({self.slack_call_timeout_s:g} s) + {margin:g} s, else a "
+                "slow Slack call could be taken over and posted twice"
+            )
+        return self
+
+    @property
+    def webserver_url(self) -> str:
+        """The Dagster UI's base URL (links in ops messages)."""
+        return self.dagster_webserver_url or f"http://127.0.0.1:{self.dagster_port}"
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with some fields replaced (tests and the local stack use this)."""
