@@ -4,6 +4,10 @@ Delivery de-duplicates on (alert id, event time), so re-producing alerts that we
 posted is harmless: a backfill only ever fills gaps. A window's offsets come from the broker's
 ``offsets_for_times`` where it answers correctly, otherwise from the run index (what every
 enrichment run recorded) plus every offset the index does not cover.
+
+A backfill is the one path that posts alerts older than the maximum alert age (live delivery
+marks them ``stale``): its delivery passes ``allow_stale=True`` and its summary counts them
+(:func:`count_stale_posted`).
 """
 
 from __future__ import annotations
@@ -11,17 +15,22 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
 from alert_platform.kafka.clients import make_consumer
-from alert_platform.kafka.offsets import OffsetRange, low_watermarks, probe_end_offsets
+from alert_platform.kafka.offsets import (
+    OffsetRange,
+    low_watermarks,
+    offsets_for_times_is_reliable,
+    probe_end_offsets,
+)
 from alert_platform.pipelines.runner import EnrichmentReport, run_enrichment
 from alert_platform.pipelines.spec import PipelineSpec
 from alert_platform.run_index import RunIndex
 from alert_platform.settings import Settings
 
-_FAR_FUTURE_MS = 10 * 365 * 86_400_000
 # Hourly partition keys of the alert assets (UTC), as `sensors.topic_tail` files live runs.
 PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:00"
 _HOUR = timedelta(hours=1)
@@ -51,22 +60,6 @@ def hour_partition_keys(start: datetime, end: datetime) -> list[str]:
 def partition_key_start(key: str) -> datetime:
     """The UTC start of an hourly partition key."""
     return datetime.strptime(key, PARTITION_KEY_FORMAT).replace(tzinfo=UTC)
-
-
-def offsets_for_times_is_reliable(
-    consumer: Consumer, topic: str, partitions: Sequence[int]
-) -> bool:
-    """Whether the broker answers a timestamp after every record with "end" (-1), as Kafka does.
-
-    The local Tansu broker answers 0 for any timestamp; such a broker is not trusted.
-    """
-    if not partitions:
-        return False
-    future = int(time.time() * 1000) + _FAR_FUTURE_MS
-    answer = consumer.offsets_for_times(
-        [TopicPartition(topic, p, future) for p in partitions], timeout=10
-    )
-    return all(tp.error is None and tp.offset == -1 for tp in answer)
 
 
 def locate_window(
@@ -134,3 +127,25 @@ def backfill_pipeline(
     finally:
         if own_index:
             index.close()
+
+
+_POSTED = frozenset({"delivered", "recovered_uncertain"})
+
+
+def count_stale_posted(
+    settings: Settings, ranges: Sequence[OffsetRange], delivery: Any, now: datetime | None = None
+) -> int:
+    """How many alerts ``delivery`` (a ``DeliveryReport`` of ``ranges`` of ``slack-messages``)
+    posted that live delivery would have refused as older than ``settings.max_alert_age_hours``.
+    """
+    results = getattr(delivery, "results", None) or []
+    posted = {r.alert_id for r in results if r.status in _POSTED}
+    if not posted:
+        return 0
+    from alert_platform.delivery.messages import parse_records
+    from alert_platform.delivery.runner import read_messages
+
+    cutoff = (now or datetime.now(UTC)) - timedelta(hours=settings.max_alert_age_hours)
+    parsed = parse_records(read_messages(settings, ranges))
+    old = {m.alert_id for m in parsed.messages if m.event_time < cutoff and m.alert_id in posted}
+    return sum(1 for r in results if r.status in _POSTED and r.alert_id in old)

@@ -19,6 +19,11 @@ from alert_platform.pipelines.registry import PIPELINES
 from assets.alerts import ALERT_ASSETS, alerts_asset_name
 from assets.deliveries import slack_deliveries
 from assets.lookup_tables import TABLE_ASSETS, TABLE_CHECKS
+from assets.maintenance import (
+    platform_state_retention,
+    state_retention_job,
+    state_retention_schedule,
+)
 from assets.onboarding import (
     onboarding_producer_job,
     onboarding_producer_schedule,
@@ -27,7 +32,7 @@ from assets.onboarding import (
 )
 from assets.resources import PlatformResource, SlackDeliveryResource
 from assets.topics import topic_asset_key, topic_spec
-from sensors.run_failure import ops_run_failure_to_slack
+from sensors.run_failure import ops_run_failure_to_slack, ops_run_success_resolves
 from sensors.tables import LOOKUP_TABLES_JOB, make_table_refresh_sensor
 from sensors.topic_tail import make_topic_tail_sensor
 
@@ -92,6 +97,7 @@ defs = Definitions(
         slack_deliveries,
         warehouse_accounts,
         onboarding_started_events,
+        platform_state_retention,
     ],
     asset_checks=TABLE_CHECKS,
     jobs=[
@@ -99,9 +105,16 @@ defs = Definitions(
         define_asset_job(SLACK_DELIVERY_JOB, selection=AssetSelection.assets(slack_deliveries)),
         define_asset_job(LOOKUP_TABLES_JOB, selection=AssetSelection.assets(*TABLE_ASSETS)),
         onboarding_producer_job,
+        state_retention_job,
     ],
-    schedules=[onboarding_producer_schedule],
-    sensors=[*tail_sensors, delivery_sensor, make_table_refresh_sensor(), ops_run_failure_to_slack],
+    schedules=[onboarding_producer_schedule, state_retention_schedule],
+    sensors=[
+        *tail_sensors,
+        delivery_sensor,
+        make_table_refresh_sensor(),
+        ops_run_failure_to_slack,
+        ops_run_success_resolves,
+    ],
     resources={
         "platform": PlatformResource(),
         "slack": SlackDeliveryResource(token=EnvVar("SLACK_BOT_TOKEN")),

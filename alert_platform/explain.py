@@ -16,7 +16,9 @@ and the other way round. Every explanation says so and shows the table offsets i
 The enrichment runs that read the record come from the run index
 (:meth:`~alert_platform.run_index.RunIndex.runs_for_offset`; live runs only: backfills are not
 indexed), the delivering run from the ledger row's ``owner`` (the Dagster run id of the delivery
-run). Nothing here imports Dagster.
+run). Rows pruned by retention (:mod:`alert_platform.retention`) are noted: an alert without a
+ledger row, or a record no indexed run read, is told what was pruned up to when (``notes``).
+Nothing here imports Dagster.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Consumer
@@ -40,6 +42,7 @@ from alert_platform.pipelines.engine import enrich_batch
 from alert_platform.pipelines.registry import PIPELINES, pipelines_for_topic
 from alert_platform.pipelines.runner import load_join_tables
 from alert_platform.pipelines.spec import Context, PipelineSpec, RenderOptions
+from alert_platform.retention import RUN_INDEX, PruneLog, PruneMark
 from alert_platform.run_index import RunIndex
 from alert_platform.settings import Settings
 from alert_platform.tables.topic_loader import LoadedTable
@@ -146,6 +149,7 @@ class EventExplanation:
     enrichment_runs: list[RunRef] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)
     delivery: str = ""  # one line: what the ledger says about this event's alert
+    notes: list[str] = field(default_factory=list)  # e.g. rows pruned by retention
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -202,8 +206,11 @@ class Explainer:
         self.settings = settings
         self._own_ledger = ledger is None
         self._own_index = index is None
-        self.ledger = ledger or DeliveryLedger(settings.effective_ledger_url)
+        self.ledger = ledger or DeliveryLedger(
+            settings.effective_ledger_url, lease=timedelta(seconds=settings.delivery_lease_s)
+        )
         self.index = index or RunIndex(settings.effective_ledger_url)
+        self.prunes = PruneLog(self.ledger.url)
         self._consumer: Consumer | None = None
         self._tables: dict[str, dict[str, LoadedTable]] = {}
         self._tables_loaded_at: dict[str, datetime] = {}
@@ -216,6 +223,7 @@ class Explainer:
             self.ledger.close()
         if self._own_index:
             self.index.close()
+        self.prunes.close()
 
     def __enter__(self) -> Explainer:
         return self
@@ -245,8 +253,10 @@ class Explainer:
         sources = list(dict.fromkeys(row.source for row in rows if row.source))
         pipelines: dict[str, str] = {}
         if not rows:
+            pruned = self.prune_mark(self.ledger.table.fullname) is not None
             result.notes.append(
                 "no delivery-ledger row: the alert was never posted, nor is a run posting it"
+                + (" (unless its row was pruned by retention: see below)" if pruned else "")
             )
             found = self.find_messages(alert_id, scan_limit)
             result.messages = [position for position, _value in found]
@@ -270,6 +280,7 @@ class Explainer:
                     if isinstance(value.get("pipeline"), str):
                         pipelines[ref] = value["pipeline"]
             sources = list(dict.fromkeys(sources))
+            result.notes.extend(self._ledger_pruned(alert_id, [value for _p, value in found]))
         for source in sources:
             try:
                 topic, partition, offset = parse_position(source)
@@ -307,6 +318,8 @@ class Explainer:
                 for r in self.index.runs_for_offset(topic, partition, offset)
                 if r.pipeline == spec.name
             ]
+            if not explanation.enrichment_runs:
+                explanation.notes.extend(self._index_pruned(explanation.timestamp))
             self._attach_delivery(explanation)
             explanations.append(explanation)
         return explanations
@@ -452,6 +465,48 @@ class Explainer:
         ]
         explanation.ledger = entries
         explanation.delivery = delivery_summary(alert_id, entries, explanation.outcome)
+        if not any(entry.relation == "this event" for entry in entries):
+            values = [{"event_time": explanation.event_time}] if explanation.event_time else []
+            explanation.notes.extend(self._ledger_pruned(alert_id, values))
+
+    # -- retention -------------------------------------------------------------------------
+
+    def prune_mark(self, name: str) -> PruneMark | None:
+        """The last prune of table ``name`` (the ledger's, or ``processed_ranges``)."""
+        try:
+            return self.prunes.last(name)
+        except Exception:  # an explanation stands without it
+            return None
+
+    def _ledger_pruned(self, alert_id: str, values: list[dict[str, Any]]) -> list[str]:
+        """Notes on ledger retention for an alert (event) that has no ledger row."""
+        mark = self.prune_mark(self.ledger.table.fullname)
+        if mark is None:
+            return []
+        cutoff, at = _iso(mark.pruned_before), _iso(mark.pruned_at)
+        times = [_moment(v.get("event_time")) for v in values if isinstance(v, Mapping)]
+        older = [t for t in times if t is not None and t < mark.pruned_before]
+        if older:
+            return [
+                f"pruned: the event time {_iso(min(older))} of {alert_id} is before {cutoff}; "
+                f"ledger rows with event times before {cutoff} were pruned at {at}, so a row "
+                "it had (delivered or not) is gone"
+            ]
+        return [
+            f"ledger rows with event times before {cutoff} were pruned at {at} (retention): "
+            "if this alert's event is older, its row may have been pruned"
+        ]
+
+    def _index_pruned(self, timestamp: datetime | None) -> list[str]:
+        """Notes on run-index retention for a record no recorded run read."""
+        mark = self.prune_mark(RUN_INDEX)
+        if mark is None or (timestamp is not None and timestamp >= mark.pruned_before):
+            return []
+        cutoff, at = _iso(mark.pruned_before), _iso(mark.pruned_at)
+        return [
+            f"pruned: run-index rows recorded before {cutoff} were pruned at {at}, so the "
+            "enrichment runs that read this record may no longer be listed"
+        ]
 
 
 # -- tracing one record through a spec -----------------------------------------------------------
@@ -677,6 +732,8 @@ def _event_lines(event: EventExplanation, *, with_ledger: bool) -> Iterator[str]
             )
     elif event.outcome != UNAVAILABLE:
         yield "  enrichment runs: none recorded (no live run read it; backfills are not indexed)"
+    for note in event.notes:
+        yield f"  note: {note}"
     if event.alert_id:
         yield f"  delivery: {event.delivery}"
         if with_ledger and event.ledger:
@@ -704,6 +761,17 @@ def _iso(moment: datetime | None) -> str:
         return "-"
     text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
+
+
+def _moment(value: Any) -> datetime | None:
+    """An RFC 3339 text as an aware datetime (``None``: not one)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _text(raw: bytes | None) -> str | None:

@@ -3,7 +3,9 @@
 Backfills use it to find a time window's offsets on brokers whose ``offsets_for_times`` cannot be
 trusted (the local broker answers 0 for every timestamp), and ``explain`` uses it to name the run
 that processed a source record. Offsets no run has recorded are always handed back for scanning,
-so the index can narrow a backfill but never make it miss a record.
+so the index can narrow a backfill but never make it miss a record. Rows are pruned by
+:mod:`alert_platform.retention` once recorded longer ago than the de-duplication window plus
+the retention margin (:meth:`RunIndex.prune`); a pruned range is simply unrecorded again.
 """
 
 from __future__ import annotations
@@ -88,6 +90,23 @@ class RunIndex:
                     recorded_at=datetime.now(UTC),
                 )
             )
+
+    def prune(self, before: datetime, *, batch_size: int = 1_000) -> int:
+        """Delete at most ``batch_size`` rows recorded before ``before`` (the oldest first), in
+        one short transaction; how many were deleted (fewer than ``batch_size``: no more)."""
+        table = PROCESSED_RANGES.c
+        with self.engine.begin() as conn:
+            ids = list(
+                conn.execute(
+                    sa.select(table.id)
+                    .where(table.recorded_at < before)
+                    .order_by(table.id)
+                    .limit(batch_size)
+                ).scalars()
+            )
+            if not ids:
+                return 0
+            return int(conn.execute(PROCESSED_RANGES.delete().where(table.id.in_(ids))).rowcount)
 
     def ranges_of(self, topic: str, partition: int | None = None) -> list[ProcessedRange]:
         """Every recorded range of ``topic`` (optionally one partition), in offset order."""

@@ -1,16 +1,26 @@
 """One typed settings object, read from the environment, shared by the core and Dagster.
 
-Every ``KAFKA_*`` variable passes through to librdkafka (``KAFKA_SASL_USERNAME`` becomes
-``sasl.username``), so the same code reaches a laptop broker or Confluent Cloud.
+A ``KAFKA_*`` variable that names a librdkafka property passes through to librdkafka
+(``KAFKA_SASL_USERNAME`` becomes ``sasl.username``), so the same code reaches a laptop broker or
+Confluent Cloud. Kubernetes service-link variables (``KAFKA_PORT``, ``KAFKA_SERVICE_HOST``, ...)
+are ignored; any other ``KAFKA_*`` name is a :class:`ConfigError`. A property missing from
+:mod:`alert_platform.kafka.properties` (a newer librdkafka) can be passed unchecked as
+``ALERT_PLATFORM_KAFKA_PROPERTY_<NAME>`` (``_`` becomes ``.``).
+
+Secrets (the Slack token, Kafka properties whose name contains ``password`` or ``secret``, the
+passwords in database URLs) never appear in ``repr``/``str`` of :class:`Settings`; use
+:func:`redact_url` and :func:`redact_kafka` when a message has to show them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit, urlunsplit
+
+from alert_platform.kafka import properties
 
 LOCAL_SLACK_TOKEN = "xoxb-local-sandbox"
 
@@ -23,6 +33,11 @@ LOCAL_KAFKA_PROFILE: Mapping[str, str] = {
 }
 
 _KAFKA_PREFIX = "KAFKA_"
+_LIBRDKAFKA = "2.16"  # the version alert_platform.kafka.properties lists
+# Passes any librdkafka property, unchecked (one newer than alert_platform.kafka.properties).
+KAFKA_PROPERTY_PREFIX = "ALERT_PLATFORM_KAFKA_PROPERTY_"
+DAGSTER_POSTGRES_URL_ENV = "ALERT_PLATFORM_DAGSTER_POSTGRES_URL"
+REDACTED = "***"
 # The delivery lease must exceed one Slack call's deadline by at least this much (a live owner
 # heart-beats between calls, never during one).
 LEASE_MARGIN_S = 5.0
@@ -33,11 +48,76 @@ class ConfigError(ValueError):
 
 
 def _kafka_passthrough(env: Mapping[str, str]) -> dict[str, str]:
-    return {
-        name[len(_KAFKA_PREFIX) :].lower().replace("_", "."): value
-        for name, value in env.items()
-        if name.startswith(_KAFKA_PREFIX) and value != ""
-    }
+    """librdkafka properties from ``KAFKA_*`` (checked) and ``ALERT_PLATFORM_KAFKA_PROPERTY_*``."""
+    config: dict[str, str] = {}
+    for name, value in sorted(env.items()):
+        if value == "":
+            continue
+        if name.startswith(KAFKA_PROPERTY_PREFIX) and len(name) > len(KAFKA_PROPERTY_PREFIX):
+            config[name[len(KAFKA_PROPERTY_PREFIX) :].lower().replace("_", ".")] = value
+            continue
+        if not name.startswith(_KAFKA_PREFIX):
+            continue
+        known = properties.property_for_variable(name[len(_KAFKA_PREFIX) :])
+        if known is not None:
+            config.setdefault(known, value)  # the explicit prefix wins
+        elif not properties.is_service_link_variable(name):
+            guess = name[len(_KAFKA_PREFIX) :].lower().replace("_", ".")
+            raise ConfigError(
+                f"{name}: {guess!r} is not a librdkafka {_LIBRDKAFKA} configuration property "
+                "(KAFKA_* variables set librdkafka properties); unset it, fix its name, or "
+                f"pass a newer property as {KAFKA_PROPERTY_PREFIX}{name[len(_KAFKA_PREFIX) :]}"
+            )
+    return config
+
+
+_SECRET_WORDS = ("password", "secret", "passphrase", "private", "token", "credential")
+# Secret values whose names carry none of those words: a private key, OAUTHBEARER settings that
+# may embed credentials.
+_SECRET_PROPERTIES = frozenset(
+    {"ssl.key.pem", "sasl.oauthbearer.config", "sasl.oauthbearer.extensions"}
+)
+
+
+def is_secret_property(name: str) -> bool:
+    """True for a librdkafka property that may hold a secret (``sasl.password``, ``*secret``)."""
+    lowered = name.lower()
+    if lowered == "sasl.oauthbearer.token.endpoint.url":
+        return False
+    return lowered in _SECRET_PROPERTIES or any(word in lowered for word in _SECRET_WORDS)
+
+
+def redact_kafka(config: Mapping[str, object]) -> dict[str, object]:
+    """``config`` with every secret property's value replaced by ``***``."""
+    return {k: (REDACTED if is_secret_property(k) else v) for k, v in config.items()}
+
+
+class KafkaConfig(dict[str, str]):
+    """The librdkafka pass-through mapping; its ``repr`` redacts secret properties."""
+
+    def __repr__(self) -> str:
+        return repr(redact_kafka(self))
+
+    __str__ = __repr__
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (user info, or a ``password=`` query parameter) as ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    original = parts
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        parts = parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:{REDACTED}@{host}")
+    if parts.query:
+        query = [
+            f"{key}={REDACTED}" if key.lower() in ("password", "sslpassword") else f"{key}{eq}{v}"
+            for key, eq, v in (item.partition("=") for item in parts.query.split("&"))
+        ]
+        parts = parts._replace(query="&".join(query))
+    return url if parts == original else urlunsplit(parts)  # (urlunsplit rewrites sqlite:////)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -65,20 +145,6 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _float(env, name, default)
-    if not value > 0 or value == float("inf"):  # also rejects nan
-        raise ConfigError(f"{name} must be a number > 0, got {env.get(name)!r}")
-    return value
-
-
-def _at_least(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    value = _int(env, name, default)
-    if value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {env.get(name)!r}")
-    return value
 
 
 def _bounded(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
@@ -109,9 +175,12 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Where every service lives and how the platform behaves. Build with ``from_env``."""
+    """Where every service lives and how the platform behaves. Build with ``from_env``.
+
+    ``repr``/``str`` redact every secret (see :meth:`__repr__`).
+    """
 
     data_dir: Path = Path(".alert-platform")
     kafka: Mapping[str, str] = field(
@@ -158,6 +227,29 @@ class Settings:
     # Ledger and run-index rows are pruned this long after the de-duplication window.
     state_retention_margin_hours: float = 24.0
     dagster_webserver_url: str = ""
+    # Dagster's run storage for `alert-platform dev` (ALERT_PLATFORM_DAGSTER_POSTGRES_URL); empty:
+    # SQLite in DAGSTER_HOME. `dev` writes it to dagster.yaml as an env reference, not the URL.
+    dagster_postgres_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kafka, KafkaConfig):
+            object.__setattr__(self, "kafka", KafkaConfig(self.kafka))
+
+    def __repr__(self) -> str:
+        """Every field, with the token, secret Kafka properties and URL passwords redacted."""
+        shown: list[str] = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "slack_bot_token":
+                value = REDACTED if value else ""
+            elif item.name == "kafka":
+                value = redact_kafka(value)
+            elif item.name in ("ledger_url", "dagster_postgres_url"):
+                value = redact_url(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -188,12 +280,14 @@ class Settings:
             connector_console_url_template=env.get("CONNECTOR_CONSOLE_URL_TEMPLATE", ""),
             dagster_port=_int_in(env, "DAGSTER_PORT", base.dagster_port, 1, 65_535),
             inline_delivery=_bool(env, "ALERT_PLATFORM_INLINE_DELIVERY", base.inline_delivery),
-            slack_channel_rate_per_s=_positive_float(
-                env, "SLACK_CHANNEL_RATE_PER_S", base.slack_channel_rate_per_s
+            slack_channel_rate_per_s=_bounded(
+                env, "SLACK_CHANNEL_RATE_PER_S", base.slack_channel_rate_per_s, 0.001, 10_000
             ),
-            slack_channel_burst=_at_least(env, "SLACK_CHANNEL_BURST", base.slack_channel_burst, 1),
-            delivery_max_workers=_at_least(
-                env, "ALERT_PLATFORM_DELIVERY_WORKERS", base.delivery_max_workers, 1
+            slack_channel_burst=_int_in(
+                env, "SLACK_CHANNEL_BURST", base.slack_channel_burst, 1, 10_000
+            ),
+            delivery_max_workers=_int_in(
+                env, "ALERT_PLATFORM_DELIVERY_WORKERS", base.delivery_max_workers, 1, 1_024
             ),
             event_time_max_past_hours=_bounded(
                 env, "ALERT_EVENT_TIME_MAX_PAST_HOURS", base.event_time_max_past_hours, 1, 87_600
@@ -241,6 +335,7 @@ class Settings:
                 87_600,
             ),
             dagster_webserver_url=env.get("DAGSTER_WEBSERVER_URL", ""),
+            dagster_postgres_url=env.get(DAGSTER_POSTGRES_URL_ENV, ""),
         ).validate()
 
     def validate(self) -> Settings:
@@ -302,7 +397,14 @@ class Settings:
 
 
 def _port_of(url: str, variable: str) -> int:
-    parsed = urlparse(url)
-    if parsed.port is None:
-        raise ConfigError(f"{variable} must include a port, got {url!r}")
-    return parsed.port
+    try:
+        port = urlparse(url).port
+    except ValueError:  # not a number, or outside 0..65535
+        port = -1
+    if port is None:
+        raise ConfigError(f"{variable} must include a port, got {redact_url(url)!r}")
+    if not 1 <= port <= 65_535:
+        raise ConfigError(
+            f"{variable} must include a port from 1 to 65535, got {redact_url(url)!r}"
+        )
+    return port

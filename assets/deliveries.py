@@ -48,7 +48,9 @@ def _metadata(report: DeliveryRunReport) -> dict[str, object]:
     kinds={"slack"},
     description=(
         "Alerts from `slack-messages` posted with chat.postMessage, each exactly once (delivery "
-        "ledger); outcomes to `slack-responses`, permanent failures to `slack-messages-dlq`."
+        "ledger); outcomes to `slack-responses` (at least once, via the outbox), permanent "
+        "failures to `slack-messages-dlq`; alerts older than the maximum age are 'stale', not "
+        "posted (metadata `stale`)."
     ),
     check_specs=[AssetCheckSpec(NO_PERMANENT_FAILURES, asset=NAME)],
 )
@@ -75,6 +77,11 @@ def slack_deliveries(
             metadata={"summary": MetadataValue.json(exc.report.summary())},
         ) from None
     dead = report.delivery.dead_letters if report.delivery else []
+    if report.stale:
+        context.log.warning(
+            f"{report.stale} alert(s) older than the maximum alert age were not posted "
+            "(outcome 'stale'); an explicit backfill posts them"
+        )
     for letter in dead[:20]:
         context.log.warning(f"dead-lettered {letter.alert_id} ({letter.channel}): {letter.error}")
     return MaterializeResult(

@@ -45,7 +45,8 @@ class PlatformResource(ConfigurableResource):
 
 
 class SlackDeliveryResource(SlackResource):
-    """dagster-slack's resource, pointed at any Slack Web API base URL, with our retry policy.
+    """dagster-slack's resource, pointed at any Slack Web API base URL, with our retry policy
+    and one deadline per call (``SLACK_CALL_TIMEOUT_S``; the lease is validated against it).
 
     The token comes from ``EnvVar("SLACK_BOT_TOKEN")`` in every deployment, so it never shows in
     run config, logs or the UI.
@@ -54,11 +55,19 @@ class SlackDeliveryResource(SlackResource):
     base_url: str = Field(
         default="", description="Slack Web API base URL; empty: SLACK_API_URL or the default"
     )
-    timeout_seconds: int = Field(default=10, description="Per-request timeout")
+    timeout_seconds: float = Field(
+        default=0,
+        description=(
+            "Deadline of one Slack call in seconds (connect, send and the whole answer); "
+            "0: SLACK_CALL_TIMEOUT_S (default 10)"
+        ),
+    )
 
     def get_client(self) -> WebClient:
+        """A client whose every call ends within the deadline (``alert_platform.slack.client``)."""
         settings = Settings.from_env()
         settings = settings.with_overrides(
             slack_api_url=self.base_url or settings.slack_api_url, slack_bot_token=self.token
         )
-        return make_web_client(settings, timeout=self.timeout_seconds)
+        deadline = float(self.timeout_seconds or settings.slack_call_timeout_s)
+        return make_web_client(settings, timeout=deadline, deadline=deadline)

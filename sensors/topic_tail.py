@@ -8,6 +8,22 @@ range twice (the run key is derived from its ranges), and a failed range is re-l
 ``...#retryN`` until it succeeds. One run per topic runs at a time (``alert-platform/source``
 tag, limited in the instance's ``tag_concurrency_limits``), so runs of the same source
 partition never overlap.
+
+A cursor without history (first deploy, a new DAGSTER_HOME) starts per the start policy
+(``ALERT_PLATFORM_START_POLICY``): ``latest`` (default) at each partition's end, or with
+``ALERT_PLATFORM_START_LOOKBACK_MINUTES`` at the first record timestamped within the look-back;
+``earliest`` at the low watermark. A partition added to a topic the cursor already tails starts
+at its low watermark. The delivery sensor (``slack-messages``) under ``latest`` starts at the
+first record within ``ALERT_MAX_AGE_HOURS`` (or the look-back, if longer): an alert produced
+before its first tick is still delivered, and an older one would be stale anyway. Where the
+broker does not answer ``offsets_for_times`` (the local broker), records are located by a
+binary search over their timestamps (the tick's log says which).
+
+Retention gaps found by the planner travel with the run request (config ``lost``) of the alert
+sensors, whose runs report them; the delivery sensor (whose runs take only ``ranges``) posts
+the ops notice itself. Per-range work that fails (e.g. ``needs_no_run`` over a range holding a
+hostile record) is logged and the range simply gets a run: a tick never fails because of what
+a record holds.
 """
 
 import time
@@ -27,9 +43,10 @@ from dagster import (
     sensor,
 )
 
+from alert_platform import topics
 from alert_platform.kafka.admin import topic_id
 from alert_platform.kafka.clients import make_consumer
-from alert_platform.kafka.offsets import OffsetRange, probe_watermarks
+from alert_platform.kafka.offsets import OffsetRange, first_offsets_at, probe_watermarks
 from alert_platform.kafka.tailing import (
     PendingRange,
     RangeRequest,
@@ -40,6 +57,7 @@ from alert_platform.kafka.tailing import (
     group_run_key,
     plan_tick,
 )
+from alert_platform.retention_gaps import notify_gaps
 from alert_platform.settings import Settings
 from assets.resources import PlatformResource
 
@@ -86,12 +104,83 @@ def range_run_config(op_name: str, ranges: list[Mapping[str, object]]) -> dict[s
     return {"ops": {op_name: {"config": {"ranges": ranges}}}}
 
 
+def start_lookback_s(settings: Settings, topic: str) -> float | None:
+    """How far back a partition without history starts: ``None`` = at the low watermark
+    (policy ``earliest``), 0 = at the end, else seconds before now."""
+    if settings.start_policy == "earliest":
+        return None
+    lookback = settings.start_lookback_minutes * 60
+    if topic == topics.SLACK_MESSAGES:
+        return max(lookback, settings.max_alert_age_hours * 3600)
+    return lookback
+
+
+def locate_starts(
+    settings: Settings,
+    topic: str,
+    marks: Mapping[int, tuple[int, int]],
+    fresh: Sequence[int],
+    now: float,
+) -> tuple[dict[int, int] | None, bool, list[str]]:
+    """``(start_offsets, start_at_latest, notes)`` for ``plan_tick`` from the start policy, for
+    the partitions in ``fresh`` (no history in the cursor)."""
+    lookback = start_lookback_s(settings, topic)
+    if not fresh or lookback is None:
+        return None, False, []
+    if lookback <= 0:
+        return None, True, [f"{topic}: no history for partition(s) {list(fresh)}: start at the end"]
+    since_ms = int((now - lookback) * 1000)
+    consumer = make_consumer(settings)
+    try:
+        starts, method = first_offsets_at(
+            consumer, topic, {p: marks[p] for p in fresh if p in marks}, since_ms
+        )
+    except Exception as exc:  # broker trouble: the default (the end) rather than a failed tick
+        return None, True, [f"{topic}: cannot locate the look-back start ({exc}): start at the end"]
+    finally:
+        consumer.close()
+    how = {
+        "offsets_for_times": "by offsets_for_times",
+        "binary_search": "by a binary search over record timestamps (the broker does not "
+        "answer offsets_for_times)",
+    }.get(method, method)
+    note = (
+        f"{topic}: no history for partition(s) {list(fresh)}: start at the first record of the "
+        f"last {lookback / 60:g} min, located {how}: {starts}"
+    )
+    return starts, True, [note]
+
+
+def _handled(
+    context: SensorEvaluationContext,
+    needs_no_run: RangeFilter,
+    settings: Settings,
+    ranges: Sequence[OffsetRange],
+) -> set[OffsetRange]:
+    """``needs_no_run`` range by range: one that fails to be checked gets a run."""
+    handled: set[OffsetRange] = set()
+    for rng in ranges:
+        try:
+            handled |= needs_no_run(settings, [rng])
+        except Exception as exc:
+            context.log.warning(f"cannot tell whether {rng} needs a run, launching one: {exc}")
+    return handled
+
+
 def _run_request(
-    topic: str, op_name: str, group: Sequence[RangeRequest], partition_key: str | None
+    topic: str,
+    op_name: str,
+    group: Sequence[RangeRequest],
+    partition_key: str | None,
+    reports_gaps: bool,
 ) -> RunRequest:
+    config = range_run_config(op_name, [request.range.as_dict() for request in group])
+    lost = [gap.as_dict() for request in group for gap in request.lost]
+    if reports_gaps and lost:
+        config["ops"][op_name]["config"]["lost"] = lost  # type: ignore[index]
     return RunRequest(
         run_key=group_run_key(topic, group),
-        run_config=range_run_config(op_name, [request.range.as_dict() for request in group]),
+        run_config=config,
         partition_key=partition_key,
         tags={
             SOURCE_TAG: topic,
@@ -113,12 +202,16 @@ def make_topic_tail_sensor(
     settle_one_tick: bool = False,
     needs_no_run: RangeFilter | None = None,
     description: str = "",
+    reports_gaps: bool | None = None,
 ) -> SensorDefinition:
     """A sensor that tails ``topic`` and requests ``job_name`` runs over offset ranges.
 
     ``settle_one_tick`` and ``needs_no_run`` make a safety-net sensor: it waits a tick, then
-    drops the ranges ``needs_no_run`` says were already handled.
+    drops the ranges ``needs_no_run`` says were already handled. ``reports_gaps``: the op's
+    config takes ``lost`` (retention gaps its run reports); default: every topic but
+    ``slack-messages``, whose sensor notifies ops of gaps itself.
     """
+    gaps_to_runs = topic != topics.SLACK_MESSAGES if reports_gaps is None else reports_gaps
 
     @sensor(
         name=name,
@@ -137,6 +230,12 @@ def make_topic_tail_sensor(
             consumer.close()
         now = time.time()
         current_id = topic_id(settings, topic)  # "" when unknown: the cursor's is kept
+        # The start policy applies to a cursor without history; a partition added to a topic
+        # the cursor already tails holds only new records: it starts at its low watermark.
+        fresh = [] if cursor.next_offsets else sorted(marks)
+        start_offsets, start_at_latest, start_notes = locate_starts(
+            settings, topic, marks, fresh, now
+        )
         plan = plan_tick(
             cursor,
             topic,
@@ -146,20 +245,27 @@ def make_topic_tail_sensor(
             now=now,
             max_records_per_run=max_records_per_run,
             max_runs_per_tick=max_runs_per_tick,
+            start_at_latest=start_at_latest,
+            start_offsets=start_offsets,
             settle_one_tick=settle_one_tick,
             topic_id=current_id,
+            retry_backoff_base_s=settings.retry_backoff_base_s,
         )
+        for note in start_notes:
+            context.log.info(note)
         for note in plan.notes:
             context.log.warning(note)
+        if plan.gaps and not gaps_to_runs:
+            notify_gaps(settings, plan.gaps, f"sensor {name}")
         requests = list(plan.requests)
         next_cursor = plan.cursor
         if needs_no_run is not None and requests:
-            handled = needs_no_run(settings, [request.range for request in requests])
+            handled = _handled(context, needs_no_run, settings, [r.range for r in requests])
             requests = [request for request in requests if request.range not in handled]
             next_cursor = drop_ranges(next_cursor, handled)
         partition_key = current_hour_partition(now) if partitioned else None
         runs = [
-            _run_request(topic, op_name, group, partition_key)
+            _run_request(topic, op_name, group, partition_key, gaps_to_runs)
             for group in group_into_runs(requests)
         ]
         if runs:

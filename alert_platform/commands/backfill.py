@@ -9,7 +9,8 @@ no ``ranges`` config, so the asset re-derives its partitions' time window
 
 ``--local`` runs the same re-derivation in this process, without Dagster, over the exact window
 given; ``--deliver`` then also posts what it produced (the delivery ledger keeps it exactly
-once, whoever delivers later).
+once, whoever delivers later), alerts older than the maximum alert age included (live delivery
+marks those ``stale``): the summary says how many of those it posted (``stale_posted``).
 
 Dagster is imported lazily, inside the functions that talk to an instance.
 """
@@ -284,7 +285,9 @@ def _local(
     elif not args.dry_run and written:
         print(
             f"  alerts were produced to {topics.SLACK_MESSAGES}; the delivery sensor posts them "
-            "(already-delivered ones are skipped), or re-run with --deliver"
+            "(already-delivered ones are skipped; those older than ALERT_MAX_AGE_HOURS "
+            f"({settings.max_alert_age_hours:g} h) become 'stale', not posted), or re-run with "
+            "--deliver to post them all"
         )
     return 0
 
@@ -333,17 +336,22 @@ def _local_pipeline(
 
 
 def _deliver(settings: Settings, ranges: list[Any], run_id: str) -> dict[str, Any]:
+    from alert_platform.backfill import count_stale_posted
     from alert_platform.delivery.deliverer import DeliveryIncompleteError, SlackAuthError
     from alert_platform.delivery.runner import run_delivery
     from alert_platform.slack.client import make_web_client
 
     try:
-        report = run_delivery(settings, make_web_client(settings), ranges, owner=run_id)
+        # An explicit backfill: alerts older than the maximum alert age are posted too.
+        report = run_delivery(
+            settings, make_web_client(settings), ranges, owner=run_id, allow_stale=True
+        )
     except (SlackAuthError, DeliveryIncompleteError) as exc:
         raise CommandError(f"delivery failed: {exc}") from exc
     summary = report.delivery.summary() if report.delivery else {}
     keys = ("delivered", "already_delivered", "suppressed_repeat", "dead_lettered")
     figures: dict[str, Any] = {k: summary.get(k, 0) for k in keys}
+    figures["stale_posted"] = count_stale_posted(settings, ranges, report.delivery)
     figures["records"] = report.records_read
     figures["elapsed_s"] = round(report.elapsed_s, 3)
     return figures

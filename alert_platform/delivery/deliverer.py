@@ -29,13 +29,19 @@ run. A reference that cannot be resolved is dead-lettered (``channel_not_found``
    :class:`SlackAuthError`.
 
 On a single-writer ledger (SQLite) the ledger calls of all lanes run on one thread, many per
-transaction (:class:`_LedgerOps`): claims and heartbeats wait for their commit, the
+transaction, each in a SAVEPOINT of its own so one failing statement voids nothing else
+(:class:`_LedgerOps`): claims and heartbeats wait for their commit, the
 ``mark_delivered`` of a post does not (until it commits the row stays 'sending' under a fresh
 heartbeat; a crash before it is the crash between post and ledger write that the nonce lookup
 already recovers). When pacing lets a lane post fast, the lane claims its next few messages in
 one call (``CLAIM_AHEAD``); what it claimed and did not post when it stops is released.
 
-Every attempt outcome goes to ``on_response`` (a ``slack-responses`` record). Nothing is
+Before the lanes start, a message older than ``max_age`` (unless ``allow_stale``) is not
+posted: outcome ``stale`` (ledger row and ``slack-responses`` record). One message's failure
+(a ledger statement, an unexpected exception) dead-letters that message only.
+
+Every attempt outcome goes to ``on_response`` (a ``slack-responses`` record), before the
+ledger write that makes it final (see :func:`deliver_batch`). Nothing is
 dropped: a message that cannot be finished now (transient errors past ``max_attempts``, or
 held by another live run) is left for the next run and the batch raises
 :class:`DeliveryIncompleteError` after finishing the rest.
@@ -50,7 +56,7 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -72,6 +78,8 @@ from alert_platform.delivery.ledger import (
     ClaimKind,
     DeliveryLedger,
 )
+from alert_platform.delivery.ledger_ops import MAX_GROUP, is_systemic
+from alert_platform.delivery.ledger_ops import LedgerOps as _LedgerOps
 from alert_platform.delivery.messages import (
     DeadLetter,
     OutboundMessage,
@@ -79,6 +87,7 @@ from alert_platform.delivery.messages import (
     parse_records,
 )
 from alert_platform.delivery.responses import (
+    RETRY_AFTER_MAX,
     Outcome,
     build_response_record,
     classify_api_error,
@@ -113,8 +122,6 @@ RETRY_CAUSES = ("rate_limited", "server_error", "timeout", "connection")
 # A claim whose heartbeat this run wrote less than this long ago (and at most lease/15) is
 # posted without another heartbeat first: nobody can take it over before the lease runs out.
 FRESH_CLAIM_S = 1.0
-# Ledger calls per transaction at most (single-writer ledgers, see _LedgerOps).
-MAX_GROUP = 256
 # A lane claims up to this many of its next messages in one ledger call (single-writer
 # ledgers): as many as its pacing lets out within CLAIM_AHEAD_SPAN_S (and lease/6). At Slack's
 # real pace (~1 msg/s) that is one: claims made ahead and not posted when a run dies cost the
@@ -123,6 +130,12 @@ CLAIM_AHEAD = 16
 CLAIM_AHEAD_SPAN_S = 0.25
 
 ResponseCallback = Callable[[dict[str, Any]], None]
+# The error code of a message that failed in our own code or the ledger (not Slack's answer).
+DELIVERY_ERROR = "delivery_error"
+STALE = "stale"
+# A message whose event lies further ahead than the delivery's ``max_future`` (clock skew or a
+# hostile writer of slack-messages): never posted, dead-lettered.
+EVENT_TIME_IN_FUTURE = "event_time_in_future"
 
 
 class SlackAuthError(RuntimeError):
@@ -199,123 +212,6 @@ def shared_pacer(
         return _SHARED_PACERS[key]
 
 
-# -- ledger calls -------------------------------------------------------------------------
-
-
-class _Op:
-    __slots__ = ("done", "exc", "fn", "result", "wait")
-
-    def __init__(self, fn: Callable[[Connection | None], Any], wait: bool) -> None:
-        self.fn = fn
-        self.wait = wait
-        self.done = threading.Event() if wait else None
-        self.result: Any = None
-        self.exc: BaseException | None = None
-
-
-class _LedgerOps:
-    """The batch's ledger calls (each ``fn(conn)`` calls one ledger method with ``conn``).
-
-    A single-writer ledger (SQLite) takes one write transaction at a time, and each costs a
-    lock hand-over between the lanes' threads: here one thread runs the calls instead, as many
-    per transaction as are waiting (group commit). :meth:`call` waits for the commit of its
-    call (a claim or a heartbeat holds once committed, before the post); :meth:`submit` does
-    not wait (recording a post that happened: until it commits the row stays 'sending' with a
-    fresh heartbeat, and if the process dies first, the next run finds the post in Slack by its
-    nonce, as after any crash between the post and the ledger write). Every call of a failed
-    transaction fails; a failed :meth:`submit` stops the batch (``on_error``) and is raised at
-    its end. Other ledgers (PostgreSQL) run every call at once in the caller's thread.
-    """
-
-    def __init__(self, ledger: DeliveryLedger, on_error: Callable[[BaseException], None]) -> None:
-        self.ledger = ledger
-        self.grouped = ledger.single_writer
-        self.error: BaseException | None = None
-        self._on_error = on_error
-        self._cond = threading.Condition()
-        self._pending: deque[_Op] = deque()
-        self._outstanding = 0
-        self._closing = False
-        self._thread: threading.Thread | None = None
-
-    def call(self, fn: Callable[[Connection | None], Any]) -> Any:
-        """``fn``'s result once its transaction committed (or its exception)."""
-        if not self.grouped:
-            return fn(None)
-        op = _Op(fn, wait=True)
-        self._enqueue(op)
-        assert op.done is not None
-        op.done.wait()
-        if op.exc is not None:
-            raise op.exc
-        return op.result
-
-    def submit(self, fn: Callable[[Connection | None], Any]) -> None:
-        """Run ``fn`` soon; do not wait for it."""
-        if not self.grouped:
-            fn(None)
-            return
-        self._enqueue(_Op(fn, wait=False))
-
-    def _enqueue(self, op: _Op) -> None:
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("ledger calls after the batch ended")
-            self._pending.append(op)
-            self._outstanding += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="slack-ledger", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                ops = [self._pending.popleft() for _ in range(min(MAX_GROUP, len(self._pending)))]
-            results: list[Any] = []
-            failure: BaseException | None = None
-            try:
-                with self.ledger.transaction() as conn:
-                    for op in ops:
-                        results.append(op.fn(conn))
-            except BaseException as exc:
-                failure = exc
-            for index, op in enumerate(ops):
-                if failure is not None:
-                    op.exc = failure
-                else:
-                    op.result = results[index]
-                if op.done is not None:
-                    op.done.set()
-            if failure is not None and any(not op.wait for op in ops):
-                if self.error is None:
-                    self.error = failure
-                LOG.error("the delivery ledger failed to record posts: %s", failure)
-                self._on_error(failure)
-            with self._cond:
-                self._outstanding -= len(ops)
-                self._cond.notify_all()
-
-    def flush(self) -> None:
-        """Wait until every call so far has committed (or failed)."""
-        with self._cond:
-            while self._outstanding:
-                self._cond.wait()
-
-    def close(self) -> None:
-        """Flush, then stop the thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-
-
 # -- the report ---------------------------------------------------------------------------
 
 
@@ -325,7 +221,7 @@ class AlertResult:
 
     alert_id: str
     status: str  # delivered | recovered_uncertain | already_delivered | suppressed_repeat |
-    # dead_lettered | released | unfinished | not_attempted
+    # dead_lettered | stale | released | unfinished | not_attempted
     channel: str | None = None
     ts: str | None = None
     attempts: int = 0
@@ -339,6 +235,7 @@ class DeliveryReport:
     suppressed_repeat: int = 0
     recovered_uncertain: int = 0
     dead_lettered: int = 0
+    stale: int = 0
     released: int = 0
     unfinished: int = 0
     not_attempted: int = 0
@@ -368,6 +265,7 @@ class DeliveryReport:
             "suppressed_repeat": self.suppressed_repeat,
             "recovered_uncertain": self.recovered_uncertain,
             "dead_lettered": self.dead_lettered,
+            "stale": self.stale,
             "released": self.released,
             "unfinished": self.unfinished,
             "not_attempted": self.not_attempted,
@@ -441,8 +339,11 @@ class _Batch:
         settle: float,
         owner: str,
         after_post: Callable[[OutboundMessage, dict[str, Any]], None] | None,
+        retry_after_max: float = RETRY_AFTER_MAX,
     ) -> None:
         self.client = without_retries(client, logger=HTTP_LOG)
+        self.retry_after_max = retry_after_max
+        self.callback_error: BaseException | None = None
         self.ledger = ledger
         self.window = window
         self.pacer = pacer
@@ -491,7 +392,18 @@ class _Batch:
         if self._on_response is None:
             return
         with self._response_lock:  # never concurrent, whatever the callback is
-            self._on_response(record)
+            try:
+                self._on_response(record)
+            except BaseException as exc:
+                self.callback_error = exc  # systemic (see _systemic), whatever its type
+                raise
+
+    def _systemic(self, exc: BaseException) -> bool:
+        return exc is self.callback_error or is_systemic(exc)
+
+    def _retry_after(self, headers: dict[str, Any] | None) -> float:
+        """Retry-After, within [1, retry_after_max] whatever the header says."""
+        return retry_after_seconds(headers, 1.0, maximum=self.retry_after_max)
 
     def _record(
         self,
@@ -514,6 +426,8 @@ class _Batch:
                 attempts=attempts,
                 date_header=date,
                 delivered_at=datetime.now(UTC) if ok else None,
+                dedup_key=message.dedup_key,
+                event_time=message.event_time,
             )
         )
 
@@ -525,6 +439,7 @@ class _Batch:
             "suppressed_repeat",
             "recovered_uncertain",
             "dead_lettered",
+            "stale",
             "released",
             "unfinished",
             "not_attempted",
@@ -597,7 +512,7 @@ class _Batch:
                 raise _Stop
             self._retry(call.outcome)
             if call.outcome is Outcome.RATE_LIMITED:
-                self._sleep(retry_after_seconds(call.headers, 1.0), claim)
+                self._sleep(self._retry_after(call.headers), claim)
                 continue
             failures += 1
             if failures >= self.max_attempts:
@@ -632,7 +547,11 @@ class _Batch:
                     AlertResult(message.alert_id, "unfinished", error="channel_lookup_failed")
                 )
             return
-        except BaseException:
+        except BaseException as exc:
+            if not self._systemic(exc):  # about this lane's address only: its alerts fail
+                for message in messages:
+                    self._failed(message, None, exc, stage="resolve")  # type: ignore[arg-type]
+                return
             self.stop.set()
             for message in messages:
                 self._result(AlertResult(message.alert_id, "not_attempted"))
@@ -681,31 +600,45 @@ class _Batch:
 
     def _claim_ahead(
         self, chunk: Sequence[OutboundMessage], target: str | Unresolvable
-    ) -> list[Claim | None]:
+    ) -> list[Claim | Exception | None]:
         """Claims of a lane's next messages, decided in one ledger call (each exactly as
-        :meth:`DeliveryLedger.claim` decides it alone); ``None`` each for a single message (it
-        claims when its turn comes). Heartbeats of claims waiting their turn for longer than
-        ``fresh_s`` are refreshed before their post, as after any wait."""
+        :meth:`DeliveryLedger.claim` decides it alone, in a savepoint of its own: a claim that
+        fails is that message's exception, the others stand); ``None`` each for a single
+        message (it claims when its turn comes). Heartbeats of claims waiting their turn for
+        longer than ``fresh_s`` are refreshed before their post, as after any wait."""
         if len(chunk) == 1:
             return [None]
         addressed = [self._addressed(message, target) for message in chunk]
         began = time.monotonic()
-        claims: list[Claim] = self.ops.call(
-            lambda conn: [
-                self.ledger.claim(m, self.window, owner=self.owner, lease=self.lease, conn=conn)
-                for m in addressed
-            ]
-        )
+
+        def claim_all(conn: Connection | None) -> list[Claim | Exception]:
+            out: list[Claim | Exception] = []
+            for m in addressed:
+                try:
+                    with self.ledger.savepoint(conn) as point:
+                        out.append(self.ledger.claim(m, self.window, owner=self.owner,
+                                                     lease=self.lease, conn=point))  # fmt: skip
+                except Exception as exc:
+                    if is_systemic(exc):
+                        raise
+                    out.append(exc)
+            return out
+
+        claims: list[Claim | Exception] = self.ops.call(claim_all)
         for claim in claims:
-            if claim.kind in (ClaimKind.NEW, ClaimKind.UNCERTAIN):
+            if isinstance(claim, Claim) and claim.kind in (ClaimKind.NEW, ClaimKind.UNCERTAIN):
                 self._beats[claim.row_id] = began
         return list(claims)
 
-    def _leave(self, messages: Sequence[OutboundMessage], claims: Sequence[Claim | None]) -> None:
+    def _leave(
+        self, messages: Sequence[OutboundMessage], claims: Sequence[Claim | Exception | None]
+    ) -> None:
         """The lane stops: give back what it claimed ahead and did not post (an uncertain
         takeover stays 'sending' for the next run to check in Slack)."""
         for message, claim in zip(messages, claims, strict=True):
-            if claim is None or claim.kind is ClaimKind.IN_FLIGHT:
+            if isinstance(claim, Exception):
+                self._failed(message, None, claim, stage="claim")
+            elif claim is None or claim.kind is ClaimKind.IN_FLIGHT:
                 self._result(AlertResult(message.alert_id, "not_attempted"))
             elif claim.kind is ClaimKind.DUPLICATE:
                 row = claim.row
@@ -754,15 +687,29 @@ class _Batch:
             waited += delay
 
     def deliver_one(
-        self, message: OutboundMessage, target: str | Unresolvable, claim: Claim | None = None
+        self,
+        message: OutboundMessage,
+        target: str | Unresolvable,
+        claim: Claim | Exception | None = None,
     ) -> None:
         """Deliver one message of a lane resolved to ``target`` (a conversation id, or why
-        the lane has none); ``claim``: its claim when already made (:meth:`_claim_ahead`)."""
+        the lane has none); ``claim``: its claim when already made (:meth:`_claim_ahead`; an
+        exception when that claim failed). A failure about this message alone (a ledger
+        statement, our own code; not :func:`is_systemic`) dead-letters it, or leaves it for a
+        later run when it may be in Slack already; the lane goes on."""
+        if isinstance(claim, Exception):
+            self._failed(message, None, claim, stage="claim")
+            return
         try:
             if claim is None or claim.kind is ClaimKind.IN_FLIGHT:
                 claim = self._claim(self._addressed(message, target))
         except _Stop:
             self._result(AlertResult(message.alert_id, "not_attempted"))
+            return
+        except Exception as exc:
+            if self._systemic(exc):
+                raise
+            self._failed(message, None, exc, stage="claim")
             return
         if claim is None:
             LOG.warning("alert %s is being delivered by another run; left for a later run",
@@ -787,9 +734,80 @@ class _Batch:
                 self._post_until_done(message, state)
         except (_Stop, _LostClaim, _GiveUp) as exc:
             self._abandon(message, state, lost=isinstance(exc, _LostClaim))
-        except BaseException:
-            self._abandon(message, state, lost=False)
-            raise
+        except BaseException as exc:
+            if self._systemic(exc):
+                self._abandon(message, state, lost=False)
+                raise
+            self._failed(message, state, exc, stage="deliver")  # type: ignore[arg-type]
+
+    def _failed(
+        self,
+        message: OutboundMessage,
+        state: _MessageState | None,
+        exc: Exception,
+        *,
+        stage: str,
+    ) -> None:
+        """``message`` failed in our code or its ledger statement (``stage``): a dead letter
+        with the reason, unless it may be in Slack already (then its row stays 'sending' and
+        the next run looks for it before posting)."""
+        detail = f"{stage}: {type(exc).__name__}: {exc}"[:1000]
+        LOG.warning("alert %s: %s", message.alert_id, detail)
+        if state is not None and state.maybe_posted:
+            self._result(AlertResult(message.alert_id, "unfinished", attempts=state.attempts,
+                                     error=DELIVERY_ERROR))  # fmt: skip
+            return
+        attempts = 0 if state is None else state.attempts
+        self._record(message, ok=False, channel=message.channel_id, ts=None,
+                     error=DELIVERY_ERROR, attempts=attempts, date=None)  # fmt: skip
+        if state is not None:
+            try:  # record the failure on its row when the ledger lets us (else it stays)
+                self.ops.call(
+                    lambda conn: self.ledger.mark_failed(
+                        state.claim, f"{DELIVERY_ERROR}: {detail}", attempts=attempts, conn=conn
+                    )
+                )
+            except Exception as again:
+                if self._systemic(again):
+                    raise
+        letter = DeadLetter.for_message(message, DELIVERY_ERROR, detail=detail, attempts=attempts)
+        self._result(
+            AlertResult(message.alert_id, "dead_lettered", message.channel_id, None, attempts,
+                        DELIVERY_ERROR),
+            letter,
+        )  # fmt: skip
+
+    def mark_stale(self, messages: Sequence[OutboundMessage]) -> None:
+        """Messages older than the maximum alert age: not posted; outcome ``stale`` (the record
+        first, then the ledger row, each message in a savepoint of its own)."""
+        for message in messages:
+            self._record(message, ok=False, channel=message.channel_id, ts=None, error=STALE,
+                         attempts=0, date=None)  # fmt: skip
+        for start in range(0, len(messages), MAX_GROUP):
+            chunk = messages[start : start + MAX_GROUP]
+
+            def record_all(
+                conn: Connection | None, chunk: Sequence[OutboundMessage] = chunk
+            ) -> list[Exception | None]:
+                out: list[Exception | None] = []
+                for message in chunk:
+                    try:
+                        with self.ledger.savepoint(conn) as point:
+                            self.ledger.mark_stale(message, conn=point)
+                        out.append(None)
+                    except Exception as exc:
+                        if is_systemic(exc):
+                            raise
+                        out.append(exc)
+                return out
+
+            for message, error in zip(chunk, self.ops.call(record_all), strict=True):
+                if error is not None:
+                    LOG.warning("alert %s: stale, but its ledger row could not be written "
+                                "(%s: %s)", message.alert_id, type(error).__name__,
+                                error)  # fmt: skip
+                self._result(AlertResult(message.alert_id, STALE, message.channel_id,
+                                         error=STALE))  # fmt: skip
 
     def _abandon(self, message: OutboundMessage, state: _MessageState, *, lost: bool) -> None:
         """Leave a claimed message unfinished: release it when nothing can have been posted,
@@ -846,7 +864,15 @@ class _Batch:
             # From here until Slack says otherwise, the message may be in Slack: any failure
             # (even of the ledger write after an ok) must keep the row, never release it.
             state.maybe_posted = True
-            call = self._post(message, claim, lane)
+            try:
+                call = self._post(message, claim, lane)
+            except Exception as exc:
+                # Not a transport error (those are outcomes): the payload could not even be
+                # encoded (e.g. nested too deep); nothing left for Slack (earlier attempts were
+                # checked above), so the message is dead-lettered, not left 'sending'.
+                if not self._systemic(exc):
+                    state.maybe_posted = False
+                raise
             refused = call.exception is not None and _is_refused(call.exception)
             if (not call.outcome.maybe_posted and call.outcome is not Outcome.OK) or refused:
                 state.maybe_posted = False  # 429, permanent, auth, refused: nothing posted
@@ -858,9 +884,11 @@ class _Batch:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if self.after_post is not None:
                     self.after_post(message, data)
-                self.ops.submit(self._recorder(message, claim, channel, ts, state.attempts))
+                # The outcome record first (the runner writes it durably), then the ledger
+                # write that makes the outcome final (see deliver_batch).
                 self._record(message, ok=True, channel=channel, ts=ts, error=None,
                              attempts=state.attempts, date=call.date)  # fmt: skip
+                self.ops.submit(self._recorder(message, claim, channel, ts, state.attempts))
                 self._result(AlertResult(message.alert_id, "delivered", channel, ts,
                                          state.attempts))  # fmt: skip
                 return
@@ -877,7 +905,7 @@ class _Batch:
             LOG.info("alert %s: %s on channel %s (attempt %d); retrying",
                      message.alert_id, code, lane, state.attempts)  # fmt: skip
             if call.outcome is Outcome.RATE_LIMITED:
-                delay = retry_after_seconds(call.headers, default=1.0)
+                delay = self._retry_after(call.headers)
                 self.pacer.penalize(lane, delay)
                 continue
             # server error, timeout, connection: maybe posted (unless refused outright)
@@ -917,6 +945,7 @@ class _Batch:
                 "event_type": METADATA_EVENT_TYPE,
                 "event_payload": {
                     "alert_id": message.alert_id,
+                    "dedup_key": message.dedup_key,
                     "nonce": claim.nonce,
                     "event_time": format_rfc3339(message.event_time),
                 },
@@ -957,13 +986,13 @@ class _Batch:
         channel, ts = found
         # It was posted at least once (an earlier run may have died before counting it).
         attempts = state.attempts = max(1, state.attempts)
+        self._record(message, ok=True, channel=channel, ts=ts, error=None,
+                     attempts=state.attempts, date=None)  # fmt: skip
         self.ops.call(
             lambda conn: self.ledger.mark_delivered(
                 state.claim, channel, ts, attempts=attempts, conn=conn
             )
         )
-        self._record(message, ok=True, channel=channel, ts=ts, error=None,
-                     attempts=state.attempts, date=None)  # fmt: skip
         self._result(AlertResult(message.alert_id, "recovered_uncertain", channel, ts,
                                  state.attempts))  # fmt: skip
         return True
@@ -1043,6 +1072,22 @@ def _lanes(messages: Sequence[OutboundMessage]) -> list[list[OutboundMessage]]:
     return list(lanes.values())
 
 
+def _cutoff(max_age: timedelta) -> datetime:
+    """now - ``max_age``, clamped to the datetime range."""
+    try:
+        return datetime.now(UTC) - max_age
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def _horizon(max_future: timedelta) -> datetime:
+    """now + ``max_future``, clamped to the datetime range."""
+    try:
+        return datetime.now(UTC) + max_future
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
+
+
 def deliver_batch(
     messages: Iterable[OutboundMessage | SourceRecord],
     client: WebClient,
@@ -1056,6 +1101,11 @@ def deliver_batch(
     lease: timedelta | None = None,
     settle: float | None = None,
     after_post: Callable[[OutboundMessage, dict[str, Any]], None] | None = None,
+    max_age: timedelta | None = None,
+    allow_stale: bool = False,
+    retry_after_max: float = RETRY_AFTER_MAX,
+    max_age_by_pipeline: Mapping[str, timedelta] | None = None,
+    max_future: timedelta | None = None,
 ) -> DeliveryReport:
     """Post each message to Slack at most once per de-duplication window, at least once
     unless Slack refuses it for good (then it is dead-lettered).
@@ -1072,7 +1122,27 @@ def deliver_batch(
     (default: the client timeout, at least 1).
     ``lease``: how long another run's 'sending' claim is respected before it counts as crashed
     (default: the ledger's, 60 s). ``after_post``: test hook called after a successful post,
-    before the ledger write.
+    before the ledger write. ``max_age``: a message whose ``event_time`` is older than
+    now - ``max_age`` is not posted unless ``allow_stale`` (explicit backfills): its outcome
+    is ``stale`` (a ``slack-responses`` record, a ``stale`` ledger row that never suppresses a
+    later backfill of the event, ``report.stale``); ``None``: no age limit.
+    ``max_age_by_pipeline``: a pipeline's own ``max_age`` (e.g. a daily producer's alerts are
+    a day old by design), by the message's ``pipeline``. ``max_future``: a message whose
+    ``event_time`` lies further ahead than now + ``max_future`` is dead-lettered
+    (``event_time_in_future``), whoever wrote it to ``slack-messages``.
+    ``retry_after_max``: a 429's ``Retry-After`` is used within ``[1, retry_after_max]`` s.
+
+    Order of effects, per outcome: ``on_response`` is called, and has returned, *before* the
+    ledger write that makes the outcome final (``mark_delivered`` after a post or a recovery,
+    ``mark_failed`` of a dead letter, ``mark_stale``): a callback that stores its record
+    durably (the runner's outbox) never misses an outcome the ledger holds as final. A crash
+    in between leaves the row 'sending' (or absent): the next run finds the post in Slack by
+    its nonce and writes the record again, with the same ``response_id``.
+
+    One message's failure never stops the others: a ledger statement runs in a savepoint of
+    its own, and any exception while handling one message (its claim, its payload, its
+    ledger write) that is not :func:`is_systemic` dead-letters it (``delivery_error`` with the
+    stage and reason; left 'sending' for a later run when it may have been posted).
 
     Raises :class:`SlackAuthError` (token unusable; nothing more posted, unposted claims
     released) or :class:`DeliveryIncompleteError` (some messages left for a later run).
@@ -1101,6 +1171,7 @@ def deliver_batch(
         settle=max(1.0, timeout) if settle is None else settle,
         owner=ledger.owner,
         after_post=after_post,
+        retry_after_max=retry_after_max,
     )
     for letter in parse_dead:
         batch._result(
@@ -1109,13 +1180,33 @@ def deliver_batch(
     # What the ledger already holds as delivered is settled in one read, before any lane
     # starts: no claim transaction, and no channel lookup for a lane with nothing left to post.
     pending: list[OutboundMessage] = []
+    stale: list[OutboundMessage] = []
+    cutoff = _cutoff(max_age) if max_age is not None and not allow_stale else None
+    cutoffs = {} if allow_stale else {p: _cutoff(a) for p, a in (max_age_by_pipeline or {}).items()}
+    horizon = _horizon(max_future) if max_future is not None else None
     for message, known in zip(parsed, ledger.duplicates(parsed, window), strict=True):
         if known is None:
-            pending.append(message)
+            if horizon is not None and message.event_time > horizon:
+                detail = f"event_time {format_rfc3339(message.event_time)} is after {horizon}"
+                letter = DeadLetter.for_message(message, EVENT_TIME_IN_FUTURE, detail=detail)
+                batch._result(
+                    AlertResult(message.alert_id, "dead_lettered", message.channel_id,
+                                error=EVENT_TIME_IN_FUTURE),
+                    letter,
+                )  # fmt: skip
+                continue
+            limit = cutoffs.get(message.pipeline, cutoff)
+            (stale if limit is not None and message.event_time < limit else pending).append(message)
             continue
         row = known.row
         status = known.reason or ALREADY_DELIVERED
         batch._result(AlertResult(message.alert_id, status, row.channel, row.ts, row.attempts))
+    if stale:
+        try:
+            batch.mark_stale(stale)
+        except BaseException:
+            batch.ops.close()
+            raise
     # The longest lanes first: a lane is serial, so the longest one bounds the batch's time.
     lanes = deque(sorted(_lanes(pending), key=len, reverse=True))
     errors: list[BaseException] = []

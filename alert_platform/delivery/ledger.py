@@ -2,15 +2,20 @@
 
 One implementation over SQLAlchemy Core, for SQLite (default, ``sqlite:///path``: WAL,
 ``busy_timeout``) and PostgreSQL (``postgresql+psycopg2://...``). The table is created when
-missing. One row per claimed ``(alert_id, event_time)``:
+missing, and a table of an earlier version is upgraded (:mod:`.ledger_schema`). One row per
+claimed ``(dedup_key, event_time)``:
 
-``alert_id, event_time (UTC), state ('sending' | 'delivered' | 'failed_permanent'), channel,
-ts, attempts, source (topic:partition:offset), nonce, owner, claimed_at, heartbeat_at,
-delivered_at, error``.
+``alert_id, dedup_key, event_time (UTC), state ('sending' | 'delivered' | 'failed_permanent' |
+'stale'), channel, ts, attempts, source (topic:partition:offset), nonce, owner, claimed_at,
+heartbeat_at, delivered_at, error``.
 
-:meth:`DeliveryLedger.claim` decides atomically, for the rows of the same ``alert_id`` whose
+``dedup_key`` is the collision-free identity (``{pipeline}:{hash of the id fields}``, else the
+alert id); ``alert_id`` is the readable id people and ``explain`` look rows up by.
+
+:meth:`DeliveryLedger.claim` decides atomically, for the rows of the same ``dedup_key`` whose
 ``event_time`` lies within ``window`` of the message's (the exactly-once rule of
-docs/architecture.md):
+docs/architecture.md; the window's ends are clamped to the datetime range, so an event time of
+year 1 or 9999 is as valid as any):
 
 * a ``delivered`` row -> ``DUPLICATE`` (``reason`` ``already_delivered`` for the very same
   event, ``suppressed_repeat`` for another event of the alert): do not post;
@@ -22,12 +27,17 @@ docs/architecture.md):
 * a ``failed_permanent`` row for the very same event -> ``NEW`` again (``retry_of_failure``):
   a permanent failure posted nothing, and re-running a range is how an operator retries after
   fixing the cause (inviting the bot, un-archiving the channel). Failed rows never suppress;
+* a ``stale`` row (:meth:`DeliveryLedger.mark_stale`: live delivery refused an alert older
+  than the maximum age) for the very same event -> ``NEW`` too: only an explicit backfill
+  claims a stale alert, and posting it turns the row ``delivered``. Stale rows never suppress;
 * nothing -> ``NEW``: a ``sending`` row is inserted with a fresh ``nonce``.
 
 Atomicity across processes: SQLite transactions are ``BEGIN IMMEDIATE`` (one writer at a
 time, others wait up to ``busy_timeout``); PostgreSQL takes
-``pg_advisory_xact_lock(hashtext(table || alert_id))`` before reading. A unique constraint on
-``(alert_id, event_time)`` backs both.
+``pg_advisory_xact_lock(hashtext(table || dedup_key))`` before reading. A unique constraint on
+``(dedup_key, event_time)`` backs both. Several calls in one :meth:`DeliveryLedger.transaction`
+each run under :meth:`DeliveryLedger.savepoint` in the deliverer, so one failing statement
+rolls back its own call only.
 
 Within one process, the transactions of every ledger on the same SQLite file also take one
 in-process lock first: the delivery lanes' threads then queue on it in turn instead of all
@@ -53,6 +63,7 @@ suppresses needs neither a claim transaction nor a channel lookup.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import threading
 import uuid
@@ -66,14 +77,21 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 
-from alert_platform.delivery.messages import ALERT_ID_MAX, OutboundMessage
-from alert_platform.settings import ConfigError
+from alert_platform.delivery.ledger_schema import (
+    DELIVERED,
+    FAILED_PERMANENT,
+    SENDING,
+    STALE,
+    STATES,
+    add_alert_id_index,
+    build_table,
+    upgrade,
+)
+from alert_platform.delivery.messages import OutboundMessage
 from alert_platform.storage import make_engine
 
-SENDING = "sending"
-DELIVERED = "delivered"
-FAILED_PERMANENT = "failed_permanent"
-STATES = (SENDING, DELIVERED, FAILED_PERMANENT)
+__all__ = ["DELIVERED", "FAILED_PERMANENT", "SENDING", "STALE", "STATES", "DeliveryLedger"]
+LOG = logging.getLogger("alert_platform.delivery.ledger")
 
 ALREADY_DELIVERED = "already_delivered"
 SUPPRESSED_REPEAT = "suppressed_repeat"
@@ -81,26 +99,16 @@ SUPPRESSED_REPEAT = "suppressed_repeat"
 DEFAULT_TABLE = "delivery_ledger"
 # A live owner refreshes its heartbeat at least every lease/3 (see the deliverer); a 'sending'
 # row older than this is taken to belong to a crashed run. No heartbeat happens during one Slack
-# call, so the lease must stay well above the client timeout (10 s). The environment variable
-# overrides it (read at import; fault tests shorten it so a killed run's claims go stale sooner).
-LEASE_ENV = "ALERT_PLATFORM_DELIVERY_LEASE_S"
-
-
-def _default_lease(default_s: float = 60.0) -> timedelta:
-    raw = os.environ.get(LEASE_ENV, "").strip()
-    if not raw:
-        return timedelta(seconds=default_s)
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 15:  # also rejects nan
-        raise ConfigError(f"{LEASE_ENV} must be a number of seconds >= 15, got {raw!r}")
-    return timedelta(seconds=seconds)
-
-
-DEFAULT_LEASE = _default_lease()
-# Alert ids per ``IN (...)`` list of a bulk read (SQLite allows 32,766 parameters since 3.32).
+# call, so the lease must stay well above the call deadline: callers pass
+# ``timedelta(seconds=settings.delivery_lease_s)`` (Settings validates it against
+# ``slack_call_timeout_s``); this default matches the setting's.
+DEFAULT_LEASE = timedelta(seconds=60)
+# The ends of the datetime range: a window around year 1 or 9999 is clamped to them.
+MIN_TIME = datetime.min.replace(tzinfo=UTC)
+MAX_TIME = datetime.max.replace(tzinfo=UTC)
+# States of a row that a claim of the very same event renews (they never suppress).
+_RENEWABLE = (FAILED_PERMANENT, STALE)
+# Keys per ``IN (...)`` list of a bulk read (SQLite allows 32,766 parameters since 3.32).
 _IN_CHUNK = 500
 
 # One lock per SQLite database file, shared by every ledger of this process on that file.
@@ -116,6 +124,13 @@ def _sqlite_write_lock(url: str) -> threading.Lock | None:
     key = os.path.realpath(os.path.expanduser(database))
     with _SQLITE_LOCKS_GUARD:
         return _SQLITE_LOCKS.setdefault(key, threading.Lock())
+
+
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET TIME ZONE 'UTC'")
+    cursor.close()
+    dbapi_connection.commit()
 
 
 class ClaimKind(enum.Enum):
@@ -165,6 +180,7 @@ class LedgerRow:
     heartbeat_at: datetime
     delivered_at: datetime | None
     error: str | None
+    dedup_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,6 +190,8 @@ class Claim:
     ``row`` is the row the decision is about: the inserted/taken-over ``sending`` row for
     ``NEW``/``UNCERTAIN``, the delivered row for ``DUPLICATE``, the other worker's row for
     ``IN_FLIGHT``. ``owner`` is who holds the claim (fences heartbeats and releases).
+    ``retry_of_failure``: the claim renewed a ``failed_permanent`` or ``stale`` row of the
+    same event (``prior_state``; a release puts it back).
     """
 
     kind: ClaimKind
@@ -184,6 +202,7 @@ class Claim:
     reason: str | None = None
     retry_at: datetime | None = None
     retry_of_failure: bool = False
+    prior_state: str | None = None
 
     @property
     def row_id(self) -> int:
@@ -210,6 +229,19 @@ def _as_window(window: timedelta | float) -> timedelta:
     return timedelta(hours=float(window))
 
 
+def window_bounds(event_time: datetime, window: timedelta) -> tuple[datetime, datetime]:
+    """``(event_time - window, event_time + window)``, clamped to the datetime range."""
+    try:
+        lo = event_time - window
+    except OverflowError:
+        lo = MIN_TIME
+    try:
+        hi = event_time + window
+    except OverflowError:
+        hi = MAX_TIME
+    return lo, hi
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -219,6 +251,23 @@ def _redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable url>"
+
+
+def _legacy_rows(
+    message: OutboundMessage, delivered: dict[str, list[LedgerRow]]
+) -> list[LedgerRow] | None:
+    """Legacy rows (``dedup_key == alert_id``) of the very same event as ``message``: the
+    readable id is ambiguous, so only an exact event-time match counts (a replay or backfill
+    of an event delivered before the upgrade), never a repeat within the window."""
+    if message.dedup_key == message.alert_id:
+        return None
+    event_time = message.event_time.astimezone(UTC)
+    rows = [
+        r
+        for r in delivered.get(message.alert_id, ())
+        if r.dedup_key == r.alert_id and r.event_time == event_time
+    ]
+    return rows or None
 
 
 class DeliveryLedger:
@@ -250,30 +299,12 @@ class DeliveryLedger:
         if schema and self.dialect != "postgresql":
             raise ValueError("a ledger schema is only supported on PostgreSQL")
         self.schema = schema
+        if self.dialect == "postgresql":
+            # Rows read back in UTC whatever the server's zone (year 1 / 9999 stay in range).
+            sa.event.listen(self.engine, "connect", _utc_session)
         metadata = sa.MetaData(schema=schema)
-        self.table = sa.Table(
-            table_name,
-            metadata,
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("alert_id", sa.String(ALERT_ID_MAX), nullable=False),
-            sa.Column("event_time", UTCDateTime, nullable=False),
-            sa.Column("state", sa.String(32), nullable=False),
-            sa.Column("channel", sa.String(255)),
-            sa.Column("ts", sa.String(64)),
-            sa.Column("attempts", sa.Integer, nullable=False, default=0),
-            sa.Column("source", sa.String(512)),
-            sa.Column("nonce", sa.String(64), nullable=False, unique=True),
-            sa.Column("owner", sa.String(128)),
-            sa.Column("claimed_at", UTCDateTime, nullable=False),
-            sa.Column("heartbeat_at", UTCDateTime, nullable=False),
-            sa.Column("delivered_at", UTCDateTime),
-            sa.Column("error", sa.Text),
-            sa.UniqueConstraint("alert_id", "event_time", name=f"uq_{table_name}_alert_event"),
-            sa.CheckConstraint(
-                "state IN ('sending', 'delivered', 'failed_permanent')",
-                name=f"ck_{table_name}_state",
-            ),
-        )
+        self.table = build_table(metadata, table_name, UTCDateTime)
+        add_alert_id_index(self.table)
         self._lock_prefix = f"{schema or ''}.{table_name}:"
         self._write_lock = _sqlite_write_lock(url) if self.dialect == "sqlite" else None
         self._prepare_statements()
@@ -286,8 +317,9 @@ class DeliveryLedger:
     # -- engine ----------------------------------------------------------------------------
 
     def create_tables(self) -> None:
-        """Create the schema (PostgreSQL) and table when missing; safe to race."""
-        with self.engine.begin() as conn:
+        """Create the schema (PostgreSQL) and table when missing, upgrade a table of an earlier
+        version (:mod:`.ledger_schema`); safe to race."""
+        with self._begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(
                     sa.text("SELECT pg_advisory_xact_lock(hashtext('alert_platform.ledger.ddl'))")
@@ -295,6 +327,10 @@ class DeliveryLedger:
                 if self.schema:
                     conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
             self.table.metadata.create_all(conn, checkfirst=True)
+            changes = upgrade(conn, self.table, UTCDateTime)
+        if changes:
+            LOG.warning("upgraded the delivery ledger table %s: %s", self.table.fullname,
+                        "; ".join(changes))  # fmt: skip
 
     def close(self) -> None:
         self.engine.dispose()
@@ -329,6 +365,17 @@ class DeliveryLedger:
             yield conn
 
     @contextmanager
+    def savepoint(self, conn: Connection | None) -> Iterator[Connection | None]:
+        """Inside the caller's :meth:`transaction` (``conn``): a SAVEPOINT, so that a failing
+        call rolls back alone and the transaction goes on; without ``conn``, nothing (each
+        call has its own transaction)."""
+        if conn is None:
+            yield None
+            return
+        with conn.begin_nested():
+            yield conn
+
+    @contextmanager
     def _using(self, conn: Connection | None) -> Iterator[Connection]:
         """``conn`` (the caller's transaction), else a transaction of our own."""
         if conn is not None:
@@ -338,11 +385,11 @@ class DeliveryLedger:
             yield own
 
     @contextmanager
-    def _locked(self, alert_id: str, conn: Connection | None = None) -> Iterator[Connection]:
+    def _locked(self, dedup_key: str, conn: Connection | None = None) -> Iterator[Connection]:
         """A transaction holding the per-alert lock (SQLite: the database write lock)."""
         with self._using(conn) as locked:
             if self.dialect == "postgresql":
-                locked.execute(self._q_advisory, {"p_key": self._lock_prefix + alert_id})
+                locked.execute(self._q_advisory, {"p_key": self._lock_prefix + dedup_key})
             yield locked
 
     def _prepare_statements(self) -> None:
@@ -365,7 +412,7 @@ class DeliveryLedger:
         self._q_window = (
             sa.select(t)
             .where(
-                t.c.alert_id == b("p_alert_id", sa.String),
+                t.c.dedup_key == b("p_key", sa.String),
                 t.c.event_time >= b("p_lo", UTCDateTime),
                 t.c.event_time <= b("p_hi", UTCDateTime),
             )
@@ -414,7 +461,7 @@ class DeliveryLedger:
             attempts=keep_attempts(),
         )  # fmt: skip
         self._q_release_failed = owned.values(
-            state=FAILED_PERMANENT, owner=None, error=b("p_error", sa.Text)
+            state=b("p_state", sa.String), owner=None, error=b("p_error", sa.Text)
         )
         self._q_release = t.delete().where(
             t.c.id == b("p_id", sa.Integer),
@@ -446,19 +493,17 @@ class DeliveryLedger:
     # -- the claim -------------------------------------------------------------------------
 
     def _within_window(
-        self, conn: Connection, alert_id: str, event_time: datetime, window: timedelta
+        self, conn: Connection, dedup_key: str, event_time: datetime, window: timedelta
     ) -> list[LedgerRow]:
-        result = conn.execute(
-            self._q_window,
-            {"p_alert_id": alert_id, "p_lo": event_time - window, "p_hi": event_time + window},
-        )
+        lo, hi = window_bounds(event_time, window)
+        result = conn.execute(self._q_window, {"p_key": dedup_key, "p_lo": lo, "p_hi": hi})
         return [self._row(m) for m in result.mappings()]
 
     def is_delivered(self, message: OutboundMessage, window: timedelta | float) -> bool:
         """Whether a claim for ``message`` would be a ``DUPLICATE`` (read-only, no lock)."""
         event_time = message.event_time.astimezone(UTC)
         with self._begin() as conn:
-            rows = self._within_window(conn, message.alert_id, event_time, _as_window(window))
+            rows = self._within_window(conn, message.dedup_key, event_time, _as_window(window))
         return any(row.state == DELIVERED for row in rows)
 
     def duplicates(
@@ -466,39 +511,50 @@ class DeliveryLedger:
     ) -> list[Claim | None]:
         """For each message, the ``DUPLICATE`` claim :meth:`claim` would answer now (same row,
         same ``reason``), or ``None`` when it would answer anything else. One read per
-        ``_IN_CHUNK`` alert ids, no row written: a ``delivered`` row is final, so the answer
-        cannot change before the caller acts on it."""
+        ``_IN_CHUNK`` de-duplication keys, no row written: a ``delivered`` row is final, so the
+        answer cannot change before the caller acts on it. A message whose answer cannot be
+        computed gets ``None`` (its claim decides, or fails for it alone)."""
         window = _as_window(window)
         t = self.table
-        ids = sorted({message.alert_id for message in messages})
+        # Rows written before dedup keys existed carry dedup_key = alert_id ("legacy" rows):
+        # they are read too, so an event delivered before the upgrade is not posted again.
+        legacy = {m.alert_id for m in messages if m.dedup_key != m.alert_id}
+        keys = sorted({message.dedup_key for message in messages} | legacy)
         delivered: dict[str, list[LedgerRow]] = defaultdict(list)
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
             with self._begin() as conn:
                 result = conn.execute(
-                    sa.select(t).where(t.c.state == DELIVERED, t.c.alert_id.in_(chunk))
+                    sa.select(t).where(t.c.state == DELIVERED, t.c.dedup_key.in_(chunk))
                 )
                 for mapping in result.mappings():
                     row = self._row(mapping)
-                    delivered[row.alert_id].append(row)
+                    delivered[row.dedup_key].append(row)
         out: list[Claim | None] = []
         for message in messages:
-            event_time = message.event_time.astimezone(UTC)
-            rows = [
-                r
-                for r in delivered.get(message.alert_id, ())
-                if event_time - window <= r.event_time <= event_time + window
-            ]
-            if not rows:
+            try:
+                rows = delivered.get(message.dedup_key) or _legacy_rows(message, delivered)
+                out.append(self._duplicate_of(message, rows, window))
+            except Exception as exc:  # e.g. an event time no arithmetic can handle
+                LOG.warning("alert %s: no duplicate check (%s: %s)", message.alert_id,
+                            type(exc).__name__, exc)  # fmt: skip
                 out.append(None)
-                continue
-            row = min(rows, key=lambda r: (abs(r.event_time - event_time), r.event_time))
-            reason = ALREADY_DELIVERED if row.event_time == event_time else SUPPRESSED_REPEAT
-            out.append(
-                Claim(ClaimKind.DUPLICATE, message.alert_id, event_time, self.owner, row,
-                      reason=reason)
-            )  # fmt: skip
         return out
+
+    def _duplicate_of(
+        self, message: OutboundMessage, rows: list[LedgerRow] | None, window: timedelta
+    ) -> Claim | None:
+        if not rows:
+            return None
+        event_time = message.event_time.astimezone(UTC)
+        lo, hi = window_bounds(event_time, window)
+        rows = [r for r in rows if lo <= r.event_time <= hi]
+        if not rows:
+            return None
+        row = min(rows, key=lambda r: (abs(r.event_time - event_time), r.event_time))
+        reason = ALREADY_DELIVERED if row.event_time == event_time else SUPPRESSED_REPEAT
+        return Claim(ClaimKind.DUPLICATE, message.alert_id, event_time, self.owner, row,
+                     reason=reason)  # fmt: skip
 
     def claim(
         self,
@@ -520,9 +576,9 @@ class DeliveryLedger:
         owner = owner or self.owner
         lease = self.lease if lease is None else lease
         event_time = message.event_time.astimezone(UTC)
-        with self._locked(message.alert_id, conn) as locked:
+        with self._locked(message.dedup_key, conn) as locked:
             now = _utcnow()
-            rows = self._within_window(locked, message.alert_id, event_time, window)
+            rows = self._within_window(locked, message.dedup_key, event_time, window)
 
             def closest(candidates: list[LedgerRow]) -> LedgerRow:
                 return min(candidates, key=lambda r: abs(r.event_time - event_time))
@@ -553,7 +609,7 @@ class DeliveryLedger:
                 taken = replace(row, owner=owner, heartbeat_at=now, source=source)
                 return decided(ClaimKind.UNCERTAIN, taken)
 
-            failed = [r for r in rows if r.state == FAILED_PERMANENT and r.event_time == event_time]
+            failed = [r for r in rows if r.state in _RENEWABLE and r.event_time == event_time]
             values = {
                 "state": SENDING,
                 "channel": message.channel_id,
@@ -579,17 +635,61 @@ class DeliveryLedger:
                     },
                 )
                 renewed = replace(row, **values)
-                return decided(ClaimKind.NEW, renewed, retry_of_failure=True)
-            inserted = locked.execute(
-                self._q_insert,
-                {"alert_id": message.alert_id, "event_time": event_time, "attempts": 0, **values},
-            )
+                return decided(ClaimKind.NEW, renewed, retry_of_failure=True, prior_state=row.state)
+            identity = {
+                "alert_id": message.alert_id,
+                "dedup_key": message.dedup_key,
+                "event_time": event_time,
+                "attempts": 0,
+            }
+            inserted = locked.execute(self._q_insert, {**identity, **values})
             row_id = inserted.inserted_primary_key[0]
-            row = LedgerRow(
-                id=row_id, alert_id=message.alert_id, event_time=event_time, attempts=0,
-                error=None, **values,
-            )  # fmt: skip
+            row = LedgerRow(id=row_id, error=None, **identity, **values)
             return decided(ClaimKind.NEW, row)
+
+    def mark_stale(
+        self, message: OutboundMessage, reason: str = STALE, *, conn: Connection | None = None
+    ) -> bool:
+        """Record that live delivery refused ``message`` as too old: a ``stale`` row for its
+        very event, unless one exists (a ``failed_permanent`` one becomes ``stale``; a
+        ``sending`` or ``delivered`` one is left alone). ``True`` when the row is ``stale``
+        now. Stale rows never suppress; an explicit backfill claims them (``NEW``)."""
+        t = self.table
+        event_time = message.event_time.astimezone(UTC)
+        with self._locked(message.dedup_key, conn) as locked:
+            existing = locked.execute(
+                sa.select(t.c.id, t.c.state).where(
+                    t.c.dedup_key == message.dedup_key, t.c.event_time == event_time
+                )
+            ).first()
+            if existing is not None:
+                if existing.state == FAILED_PERMANENT:
+                    locked.execute(
+                        t.update().where(t.c.id == existing.id).values(state=STALE, error=reason)
+                    )
+                    return True
+                return existing.state == STALE
+            now = _utcnow()
+            locked.execute(
+                self._q_insert,
+                {
+                    "alert_id": message.alert_id,
+                    "dedup_key": message.dedup_key,
+                    "event_time": event_time,
+                    "state": STALE,
+                    "channel": message.channel_id,
+                    "ts": None,
+                    "attempts": 0,
+                    "source": message.source_ref or None,
+                    "nonce": uuid.uuid4().hex,
+                    "owner": None,
+                    "claimed_at": now,
+                    "heartbeat_at": now,
+                    "delivered_at": None,
+                    "error": reason[:2000],
+                },
+            )
+            return True
 
     # -- after the claim -------------------------------------------------------------------
 
@@ -649,11 +749,13 @@ class DeliveryLedger:
 
     def release(self, claim: Claim, *, conn: Connection | None = None) -> bool:
         """Give a claim back after a failure that certainly posted nothing: the row goes away
-        (a row that was a retry of a permanent failure goes back to 'failed_permanent'), so the
-        alert is ``NEW`` for the next run. ``False`` when the claim was not ours any more."""
+        (a row that was a retry of a permanent failure or of a stale alert goes back to
+        'failed_permanent' / 'stale'), so the alert is ``NEW`` for the next run. ``False`` when
+        the claim was not ours any more."""
         params: dict[str, Any] = {"p_id": claim.row_id, "p_claim_owner": claim.owner}
         with self._using(conn) as c:
             if claim.retry_of_failure:
                 params["p_error"] = claim.row.error
+                params["p_state"] = claim.prior_state or FAILED_PERMANENT
                 return c.execute(self._q_release_failed, params).rowcount == 1
             return c.execute(self._q_release, params).rowcount == 1

@@ -2,12 +2,16 @@
 
 A ``slack-messages`` value is JSON::
 
-    {"alert_id", "pipeline", "channel_id", "text", "blocks",
+    {"alert_id", "dedup_key", "pipeline", "channel_id", "text", "blocks",
      "source": {"topic", "partition", "offset", "timestamp"}, "created_at", "event_time"}
 
+``dedup_key`` (``{pipeline}:{hash of the alert-id template's values}``, written by the engine) is
+what the ledger de-duplicates on; a value without it uses ``alert_id``.
+
 :func:`parse_message` turns one :class:`~alert_platform.kafka.records.SourceRecord` into an
-:class:`OutboundMessage` or raises :class:`InvalidMessage` (a reason, never a crash);
-:func:`parse_records` splits a batch into messages and :class:`DeadLetter` s.
+:class:`OutboundMessage` or raises :class:`InvalidMessage` (a reason; for any bytes, never
+another exception: deep nesting, huge numbers, non-UTF-8, dates out of range included);
+:func:`parse_records` splits a batch into messages and :class:`DeadLetter` s and never raises.
 """
 
 from __future__ import annotations
@@ -40,13 +44,20 @@ def parse_rfc3339(value: object, field_name: str) -> datetime:
         raise InvalidMessage(f"{field_name} is not RFC 3339: {value!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidMessage(f"{field_name} is out of range in UTC: {value!r}") from None
 
 
 def format_rfc3339(value: datetime) -> str:
     """``2025-01-02T03:04:05.123456Z`` (UTC, microseconds only when present)."""
     value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime: its %Y does not zero-pad years before 1000 on glibc ("1-01-01").
+    text = (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    )
     if value.microsecond:
         text += f".{value.microsecond:06d}"
     return text + "Z"
@@ -70,7 +81,8 @@ class OutboundMessage:
     """One alert ready for ``chat.postMessage``.
 
     ``position`` is the ``slack-messages`` record's own ``topic:partition:offset`` (empty when
-    built in code); ``raw`` is the original value (kept for dead letters, not shown in repr).
+    built in code); ``dedup_key`` is the ledger's identity (empty: the ``alert_id``); ``raw``
+    is the original value (kept for dead letters, not shown in repr).
     """
 
     alert_id: str
@@ -82,7 +94,12 @@ class OutboundMessage:
     source: SourcePosition | None = None
     created_at: datetime | None = None
     position: str = ""
+    dedup_key: str = ""
     raw: bytes | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.dedup_key:
+            object.__setattr__(self, "dedup_key", self.alert_id)
 
     @property
     def source_ref(self) -> str:
@@ -93,6 +110,7 @@ class OutboundMessage:
         """The wire form (as found on ``slack-messages``)."""
         return {
             "alert_id": self.alert_id,
+            "dedup_key": self.dedup_key,
             "pipeline": self.pipeline,
             "channel_id": self.channel_id,
             "text": self.text,
@@ -113,8 +131,16 @@ class OutboundMessage:
 def _required_str(value: Mapping[str, Any], name: str) -> str:
     item = value.get(name)
     if not isinstance(item, str) or not item.strip():
-        raise InvalidMessage(f"{name} must be a non-empty string, got {item!r}")
+        raise InvalidMessage(f"{name} must be a non-empty string, got {str(item)[:100]!r}")
+    _encodable(item, name)
     return item
+
+
+def _encodable(item: str, name: str) -> None:
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMessage(f"{name} is not valid Unicode (a lone surrogate)") from None
 
 
 def _source(raw: object) -> SourcePosition | None:
@@ -126,8 +152,11 @@ def _source(raw: object) -> SourcePosition | None:
     if not isinstance(topic, str) or not topic:
         raise InvalidMessage(f"source.topic must be a non-empty string, got {topic!r}")
     for name, number in (("partition", partition), ("offset", offset)):
-        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
-            raise InvalidMessage(f"source.{name} must be a non-negative integer, got {number!r}")
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 2**63:
+            shown = str(number)[:40]
+            raise InvalidMessage(
+                f"source.{name} must be a 64-bit non-negative integer, got {shown}"
+            )
     return SourcePosition(topic, partition, offset, raw.get("timestamp"))  # type: ignore[arg-type]
 
 
@@ -142,6 +171,13 @@ def message_from_value(
         raise InvalidMessage(
             f"alert_id is {len(alert_id)} characters long, more than the ledger's {ALERT_ID_MAX}"
         )
+    dedup_key = value.get("dedup_key")
+    if dedup_key is not None:
+        if not isinstance(dedup_key, str) or not dedup_key.strip():
+            raise InvalidMessage(f"dedup_key must be a non-empty string, got {dedup_key!r}")
+        if len(dedup_key) > ALERT_ID_MAX:
+            raise InvalidMessage(f"dedup_key is longer than the ledger's {ALERT_ID_MAX}")
+        _encodable(dedup_key, "dedup_key")
     channel_id = _required_str(value, "channel_id")
     text = value.get("text")
     if not isinstance(text, str):
@@ -167,8 +203,21 @@ def message_from_value(
         source=_source(value.get("source")),
         created_at=None if created in (None, "") else parse_rfc3339(created, "created_at"),
         position=position,
+        dedup_key=dedup_key or "",
         raw=raw,
     )
+
+
+def _loads(raw: bytes | str) -> Any:
+    """``json.loads``; :class:`InvalidMessage` for anything it cannot read (not JSON, not
+    UTF-8, nested too deep, a number too long to convert)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InvalidMessage("value is not JSON we can read: nested too deep") from None
+    except (UnicodeDecodeError, ValueError, TypeError, OverflowError) as exc:
+        # json.JSONDecodeError, and int-conversion limits, are ValueErrors.
+        raise InvalidMessage(f"value is not JSON: {str(exc)[:200]}") from None
 
 
 def parse_message(record: SourceRecord) -> OutboundMessage:
@@ -176,11 +225,14 @@ def parse_message(record: SourceRecord) -> OutboundMessage:
     when it cannot be delivered (empty value, not JSON, missing or mistyped fields)."""
     if record.value is None:
         raise InvalidMessage("record has no value (tombstone)")
+    value = _loads(record.value)
     try:
-        value = json.loads(record.value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidMessage(f"value is not JSON: {exc}") from None
-    return message_from_value(value, position=record.position, raw=record.value)
+        return message_from_value(value, position=record.position, raw=record.value)
+    except InvalidMessage:
+        raise
+    except Exception as exc:  # a value no check foresaw: still a reason, never a crash
+        reason = f"value cannot be read: {type(exc).__name__}: {str(exc)[:200]}"
+        raise InvalidMessage(reason) from None
 
 
 @dataclass(frozen=True)
@@ -198,15 +250,15 @@ class DeadLetter:
 
     @property
     def key(self) -> bytes | None:
-        return self.alert_id.encode() if self.alert_id else None
+        return self.alert_id.encode("utf-8", errors="replace") if self.alert_id else None
 
     def dlq_value(self) -> bytes:
         """JSON: the error, where the record was, and the original value (decoded if JSON)."""
         original: Any = None
         if self.raw is not None:
             try:
-                original = json.loads(self.raw)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                original = _loads(self.raw)
+            except InvalidMessage:
                 original = self.raw.decode("utf-8", errors="replace")
         body = {
             "alert_id": self.alert_id,
@@ -218,7 +270,12 @@ class DeadLetter:
             "failed_at": format_rfc3339(datetime.now(UTC)),
             "message": original,
         }
-        return json.dumps(body, separators=(",", ":")).encode()
+        try:
+            return json.dumps(body, separators=(",", ":")).encode()
+        except (RecursionError, ValueError, TypeError):
+            assert self.raw is not None  # only a decoded original can fail to encode
+            body["message"] = self.raw.decode("utf-8", errors="replace")
+            return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def for_message(
@@ -226,7 +283,10 @@ class DeadLetter:
     ) -> DeadLetter:
         raw = message.raw
         if raw is None:
-            raw = json.dumps(message.to_value(), separators=(",", ":")).encode()
+            try:
+                raw = json.dumps(message.to_value(), separators=(",", ":")).encode()
+            except (RecursionError, ValueError, TypeError, UnicodeEncodeError):
+                raw = None  # a value we cannot encode: the dead letter carries the reason only
         return cls(
             alert_id=message.alert_id,
             position=message.position,
@@ -246,8 +306,8 @@ class ParsedBatch:
 
 def _alert_id_of(raw: bytes | None) -> str | None:
     try:
-        value = json.loads(raw) if raw is not None else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        value = _loads(raw) if raw is not None else None
+    except InvalidMessage:
         return None
     if isinstance(value, dict) and isinstance(value.get("alert_id"), str):
         return value["alert_id"] or None
@@ -261,11 +321,20 @@ def parse_records(records: Iterable[SourceRecord]) -> ParsedBatch:
     for record in records:
         try:
             batch.messages.append(parse_message(record))
-        except InvalidMessage as exc:
-            alert_id = _alert_id_of(record.value)
-            if alert_id is None and record.key:
-                alert_id = record.key.decode("utf-8", errors="replace")
-            batch.dead_letters.append(
-                DeadLetter(alert_id, record.position, UNPARSEABLE, str(exc), raw=record.value)
-            )
+        except Exception as exc:
+            batch.dead_letters.append(_unparseable(record, exc))
     return batch
+
+
+def _unparseable(record: SourceRecord, exc: Exception) -> DeadLetter:
+    reason = str(exc) if isinstance(exc, InvalidMessage) else f"{type(exc).__name__}: {exc}"
+    raw = record.value if isinstance(record.value, bytes) else None
+    try:
+        alert_id = _alert_id_of(raw)
+        if alert_id is None and record.key:
+            alert_id = bytes(record.key).decode("utf-8", errors="replace")
+    except Exception:
+        alert_id = None
+    if alert_id is not None:
+        alert_id = alert_id[:ALERT_ID_MAX]
+    return DeadLetter(alert_id, str(record.position), UNPARSEABLE, reason[:2000], raw=raw)

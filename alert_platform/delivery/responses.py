@@ -12,18 +12,40 @@
   ``not_in_channel``, ``is_archived``, ``invalid_blocks``, ``msg_too_long``, ``no_text``,
   ``invalid_arguments``, any unknown error): dead-letter it, keep going.
 * ``FATAL_AUTH``    the token is unusable (``invalid_auth``, ``token_revoked``, ...): stop.
+
+``Retry-After`` is bounded (:func:`retry_after_seconds`): whatever Slack or a proxy sends
+(``inf``, ``nan``, negative, huge, garbage), the wait is within ``[1, maximum]`` seconds.
+
+The ``slack-responses`` record (:func:`build_response_record`, keyed by ``alert_id``), one per
+attempt outcome::
+
+    {"response_id": "<32 hex>",      # stable: the same outcome written again has the same id
+     "outcome": "ok" | "retry" | "failed" | "stale" | "duplicate",
+     "alert_id": "...", "dedup_key": "..." | null, "event_time": "RFC 3339" | null,
+     "ok": bool, "channel": "C..." | null, "ts": "..." | null, "error": "code" | null,
+     "attempts": int, "slack_date": "RFC 3339" | null, "delivered_at": "RFC 3339" | null}
+
+``outcome``: ``ok`` posted (or found posted); ``retry`` a transient failure (429, 5xx, timeout,
+connection), the message is retried; ``failed`` refused for good (dead-lettered) or the token is
+unusable; ``stale`` older than the maximum alert age, not posted; ``duplicate`` already delivered.
+Records are written at least once (an outbox in the ledger database, see
+:mod:`alert_platform.delivery.outbox`): a reader drops repeats by ``response_id``.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import http.client
+import math
 import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.error import URLError
+
+import orjson
 
 from alert_platform.delivery.messages import format_rfc3339
 
@@ -149,19 +171,51 @@ def error_code(outcome: Outcome, status: int | None, error: str | None) -> str:
     return outcome.value
 
 
-def retry_after_seconds(headers: Mapping[str, Any] | None, default: float = 1.0) -> float:
-    """``Retry-After`` (seconds) from response headers; ``default`` when missing or malformed."""
-    if not headers:
-        return default
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            if isinstance(value, list | tuple):
-                value = value[0] if value else None
-            try:
-                return max(0.0, float(value))
-            except (TypeError, ValueError):
-                return default
-    return default
+RETRY_AFTER_MIN = 1.0
+RETRY_AFTER_MAX = 120.0
+
+
+def _retry_after_value(value: Any) -> float | None:
+    """Seconds in one ``Retry-After`` value (delta-seconds or an HTTP date); ``None`` if neither."""
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    text = str(value).strip()[:64]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - datetime.now(UTC)).total_seconds()
+
+
+def retry_after_seconds(
+    headers: Mapping[str, Any] | None,
+    default: float = 1.0,
+    maximum: float = RETRY_AFTER_MAX,
+) -> float:
+    """``Retry-After`` (seconds) from response headers, always within ``[1, maximum]``.
+
+    ``default`` (also bounded) when the header is missing, malformed or ``nan``; ``inf`` and huge
+    values give ``maximum`` (``settings.slack_retry_after_max_s``), negative ones 1.
+    """
+    top = maximum if math.isfinite(maximum) and maximum >= RETRY_AFTER_MIN else RETRY_AFTER_MAX
+    seconds: float | None = None
+    for name, value in (headers or {}).items():
+        if str(name).lower() == "retry-after":
+            seconds = _retry_after_value(value)
+            break
+    if seconds is None or math.isnan(seconds):
+        seconds = default if isinstance(default, int | float) and not math.isnan(default) else 1.0
+    return min(top, max(RETRY_AFTER_MIN, seconds))
 
 
 def header(headers: Mapping[str, Any] | None, name: str) -> str | None:
@@ -192,6 +246,56 @@ def slack_date_rfc3339(value: str | None) -> str | None:
     return format_rfc3339(parsed)
 
 
+OUTCOME_OK = "ok"
+OUTCOME_RETRY = "retry"
+OUTCOME_FAILED = "failed"
+OUTCOME_STALE = "stale"
+OUTCOME_DUPLICATE = "duplicate"
+STALE_ERROR = "stale"
+_DUPLICATE_ERRORS = frozenset({"duplicate", "already_delivered", "suppressed_repeat"})
+_TRANSPORT_RETRY_ERRORS = frozenset({"timeout", "connection_error"})
+
+
+def response_outcome(ok: bool, error: str | None) -> str:
+    """The record's ``outcome`` for what the deliverer reports (``ok`` and the error code)."""
+    if ok:
+        return OUTCOME_OK
+    code = error or ""
+    if code == STALE_ERROR:
+        return OUTCOME_STALE
+    if code in _DUPLICATE_ERRORS:
+        return OUTCOME_DUPLICATE
+    if code in _TRANSPORT_RETRY_ERRORS or code.startswith("http_5"):
+        return OUTCOME_RETRY
+    if classify_api_error(None, code).retryable:
+        return OUTCOME_RETRY
+    return OUTCOME_FAILED
+
+
+def _rfc3339_or_none(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return format_rfc3339(value)
+    except (OverflowError, ValueError):  # year 1 / 9999 with an offset: keep it readable
+        return value.isoformat()
+
+
+def response_id(
+    *,
+    key: str,
+    event_time: str | None,
+    outcome: str,
+    channel: str | None,
+    ts: str | None,
+    error: str | None,
+    attempts: int,
+) -> str:
+    """A stable id of one outcome: the same outcome written again has the same id."""
+    material = orjson.dumps([key, event_time, outcome, channel, ts, error, attempts])
+    return hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
 def build_response_record(
     *,
     alert_id: str,
@@ -202,17 +306,36 @@ def build_response_record(
     attempts: int,
     date_header: str | None = None,
     delivered_at: datetime | None = None,
+    dedup_key: str | None = None,
+    event_time: datetime | None = None,
+    outcome: str | None = None,
 ) -> dict[str, Any]:
-    """The ``slack-responses`` value for one attempt outcome (keyed by ``alert_id``):
-    ``{"alert_id","ok","channel","ts","error","attempts","slack_date","delivered_at"}``;
-    ``slack_date`` is Slack's HTTP ``Date`` header in RFC 3339 (``None`` without a response)."""
+    """The ``slack-responses`` value for one attempt outcome (module docstring): the fields
+    ``alert_id, ok, channel, ts, error, attempts, slack_date, delivered_at`` plus ``response_id``,
+    ``outcome`` (``outcome`` given, else :func:`response_outcome`), ``dedup_key`` and
+    ``event_time``. ``slack_date`` is Slack's HTTP ``Date`` header in RFC 3339 (``None`` without
+    a response)."""
+    kind = outcome or response_outcome(ok, error)
+    event = _rfc3339_or_none(event_time)
     return {
+        "response_id": response_id(
+            key=dedup_key or alert_id,
+            event_time=event,
+            outcome=kind,
+            channel=channel,
+            ts=ts,
+            error=error,
+            attempts=attempts,
+        ),
+        "outcome": kind,
         "alert_id": alert_id,
+        "dedup_key": dedup_key,
+        "event_time": event,
         "ok": ok,
         "channel": channel,
         "ts": ts,
         "error": error,
         "attempts": attempts,
         "slack_date": slack_date_rfc3339(date_header),
-        "delivered_at": None if delivered_at is None else format_rfc3339(delivered_at),
+        "delivered_at": _rfc3339_or_none(delivered_at),
     }

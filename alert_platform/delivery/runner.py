@@ -3,15 +3,29 @@
 Every attempt's outcome goes to ``slack-responses`` (keyed by alert id) and every message Slack
 refuses for good to ``slack-messages-dlq``. Both are flushed before the run reports, also when
 it fails, so nothing learned about Slack is lost.
+
+``slack-responses`` is at least once: each record is first committed to the outbox in the ledger
+database (:mod:`alert_platform.delivery.outbox`), then produced; the run's rows are marked sent
+after the producer's flush. Every run starts by re-producing the rows a dead run left unsent
+(older than the delivery lease). Repeats carry the same ``response_id``.
+
+Live delivery posts nothing older than ``settings.max_alert_age_hours`` (outcome ``stale``);
+``allow_stale=True`` (explicit backfills) posts it anyway. Lease, call deadline and the
+``Retry-After`` cap come from the settings.
+
+:func:`needs_delivery` / :func:`ranges_already_delivered` run inside the delivery tail sensor's
+tick: they never raise because of what a record holds; a range they cannot judge needs a run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_sdk import WebClient
@@ -20,12 +34,19 @@ from alert_platform import topics
 from alert_platform.delivery.deliverer import DeliveryReport, deliver_batch, shared_pacer
 from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.delivery.messages import parse_records
+from alert_platform.delivery.outbox import Outbox
 from alert_platform.kafka.clients import make_consumer
 from alert_platform.kafka.offsets import BROKER_HINT, OffsetRange
 from alert_platform.kafka.reader import read_ranges
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.kafka.writer import BatchProducer, ProduceError
+from alert_platform.pipelines.registry import PIPELINES
 from alert_platform.settings import Settings
+
+LOG = logging.getLogger("alert_platform.delivery.runner")
+# Test hook, inert unless set: the process exits at once (no cleanup) after the deliveries were
+# recorded in the ledger and before the producer flush of slack-responses (fault suite).
+CRASH_BEFORE_FLUSH_ENV = "ALERT_PLATFORM_CRASH_BEFORE_RESPONSES_FLUSH"
 
 
 @dataclass
@@ -36,9 +57,22 @@ class DeliveryRunReport:
     records_read: int = 0
     delivery: DeliveryReport | None = None
     responses_written: int = 0
+    responses_replayed: int = 0
+    outbox_errors: int = 0
     dead_letters_written: int = 0
     elapsed_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def stale(self) -> int:
+        """Alerts not posted because they were older than the maximum alert age."""
+        delivery = self.delivery
+        if delivery is None:
+            return 0
+        counted = getattr(delivery, "stale", None)
+        if isinstance(counted, int):
+            return counted
+        return sum(1 for result in delivery.results if result.status == "stale")
 
     def metadata(self) -> dict[str, Any]:
         """Flat figures for run metadata and logs."""
@@ -46,6 +80,8 @@ class DeliveryRunReport:
         return {
             "records_read": self.records_read,
             "responses_written": self.responses_written,
+            "responses_replayed": self.responses_replayed,
+            "stale": self.stale,
             "dead_letters_written": self.dead_letters_written,
             "elapsed_s": round(self.elapsed_s, 3),
             "offset_ranges": [str(r) for r in self.ranges],
@@ -62,6 +98,11 @@ def read_messages(settings: Settings, ranges: Sequence[OffsetRange]) -> list[Sou
         consumer.close()
 
 
+def pipeline_max_ages() -> dict[str, timedelta]:
+    """The pipelines that set their own maximum alert age (``PipelineSpec.max_alert_age``)."""
+    return {name: s.max_alert_age for name, s in PIPELINES.items() if s.max_alert_age is not None}
+
+
 def run_delivery(
     settings: Settings,
     client: WebClient,
@@ -69,6 +110,8 @@ def run_delivery(
     *,
     ledger: DeliveryLedger | None = None,
     owner: str | None = None,
+    allow_stale: bool = False,
+    outbox: Outbox | None = None,
     **deliver_options: Any,
 ) -> DeliveryRunReport:
     """Deliver the alerts in ``ranges`` exactly once; raise what ``deliver_batch`` raises.
@@ -77,24 +120,47 @@ def run_delivery(
     run delivered an alert); it applies when no ``ledger`` is passed (default: a fresh id).
     Pacing and lane threads come from ``settings`` (``SLACK_CHANNEL_RATE_PER_S``,
     ``SLACK_CHANNEL_BURST``, ``ALERT_PLATFORM_DELIVERY_WORKERS``) unless ``deliver_options``
-    names a ``pacer`` / ``max_workers``.
+    names a ``pacer`` / ``max_workers``. ``allow_stale``: post alerts older than
+    ``settings.max_alert_age_hours`` too (explicit backfills only). ``outbox``: the
+    ``slack-responses`` outbox (default: the one in the ledger's database).
     """
     if deliver_options.get("pacer") is None:
         deliver_options["pacer"] = shared_pacer(
             client.base_url, settings.slack_channel_rate_per_s, settings.slack_channel_burst
         )
     deliver_options.setdefault("max_workers", settings.delivery_max_workers)
+    lease = timedelta(seconds=settings.delivery_lease_s)
+    deliver_options.setdefault("lease", lease)
+    deliver_options.setdefault("max_age", timedelta(hours=settings.max_alert_age_hours))
+    deliver_options.setdefault("retry_after_max", settings.slack_retry_after_max_s)
+    deliver_options.setdefault("max_age_by_pipeline", pipeline_max_ages())
+    deliver_options.setdefault(
+        "max_future", timedelta(minutes=settings.event_time_max_future_minutes)
+    )
     started = time.monotonic()
     report = DeliveryRunReport(list(ranges))
     records = read_messages(settings, ranges)
     report.records_read = len(records)
     own_ledger = ledger is None
-    ledger = ledger or DeliveryLedger(settings.effective_ledger_url, owner=owner)
+    ledger = ledger or DeliveryLedger(settings.effective_ledger_url, owner=owner, lease=lease)
+    own_outbox = outbox is None
+    outbox = outbox or Outbox(getattr(ledger, "url", None) or settings.effective_ledger_url)
     out = BatchProducer.from_settings(settings)
+    sent_ids: list[int] = []
+    try:
+        report.responses_replayed = _replay_outbox(outbox, out, sent_ids, grace=lease)
+    except Exception as exc:  # the outbox cannot be read: deliver anyway, replay next run
+        LOG.error("could not re-produce unsent slack-responses from the outbox: %s", exc)
+        report.errors.append(f"outbox replay: {type(exc).__name__}: {exc}")
 
     def on_response(record: dict[str, Any]) -> None:
-        key = str(record["alert_id"]).encode()
-        out.produce(topics.SLACK_RESPONSES, key, json.dumps(record, separators=(",", ":")))
+        key = str(record["alert_id"])
+        try:
+            sent_ids.append(outbox.add(record, key=key))
+        except Exception as exc:  # produce it anyway (at most once for this record)
+            report.outbox_errors += 1
+            LOG.error("could not store a slack-responses record in the outbox: %s", exc)
+        out.produce(topics.SLACK_RESPONSES, key.encode(), json.dumps(record, separators=(",", ":")))
         report.responses_written += 1
 
     try:
@@ -104,6 +170,7 @@ def run_delivery(
             ledger,
             window=timedelta(hours=settings.dedup_window_hours),
             on_response=on_response,
+            allow_stale=allow_stale,
             **deliver_options,
         )
     except Exception as exc:
@@ -113,12 +180,40 @@ def run_delivery(
         raise
     finally:
         try:
+            if os.environ.get(CRASH_BEFORE_FLUSH_ENV):
+                os._exit(70)  # fault suite: die with the responses unflushed
             _write_outcomes(out, report)
+            _mark_sent(outbox, sent_ids, report)
         finally:
+            if own_outbox:
+                outbox.close()
             if own_ledger:
                 ledger.close()
             report.elapsed_s = time.monotonic() - started
     return report
+
+
+def _replay_outbox(
+    outbox: Outbox, out: BatchProducer, sent_ids: list[int], *, grace: timedelta
+) -> int:
+    """Produce the outbox rows a dead run left unsent (older than ``grace``); how many."""
+    rows = outbox.pending(datetime.now(UTC) - grace)
+    for row in rows:
+        out.produce(topics.SLACK_RESPONSES, row.key.encode(), row.value)
+        sent_ids.append(row.id)
+    if rows:
+        LOG.warning("re-produced %d slack-responses record(s) a dead run left unsent", len(rows))
+    return len(rows)
+
+
+def _mark_sent(outbox: Outbox, ids: list[int], report: DeliveryRunReport) -> None:
+    """After a successful flush: the run's outbox rows are on the topic (a failure here only
+    means they are produced again by a later run, with the same ``response_id``)."""
+    try:
+        outbox.mark_sent(ids)
+    except Exception as exc:
+        LOG.error("could not mark %d outbox record(s) sent: %s", len(ids), exc)
+        report.errors.append(f"outbox mark_sent: {type(exc).__name__}: {exc}")
 
 
 def _write_outcomes(out: BatchProducer, report: DeliveryRunReport) -> None:
@@ -145,20 +240,37 @@ def needs_delivery(settings: Settings, rng: OffsetRange, ledger: DeliveryLedger)
     """Whether any record of ``rng`` still needs a delivery run.
 
     False only when every record parses and the ledger already holds it as delivered (e.g. an
-    enrichment run delivered its own alerts inline), so a tail sensor can skip the range.
+    enrichment run delivered its own alerts inline), so a tail sensor can skip the range. Never
+    raises: a range it cannot judge (a record that breaks parsing or the ledger, a read error)
+    needs a run, which dead-letters what is bad.
     """
-    window = timedelta(hours=settings.dedup_window_hours)
-    parsed = parse_records(read_messages(settings, [rng]))
-    if parsed.dead_letters:
+    try:
+        window = timedelta(hours=settings.dedup_window_hours)
+        parsed = parse_records(read_messages(settings, [rng]))
+        if parsed.dead_letters:
+            return True
+        known = ledger.duplicates(parsed.messages, window)  # one read per 500 alert ids
+        return not all(claim is not None for claim in known)
+    except Exception as exc:
+        LOG.warning("range %s: cannot tell whether it was delivered (%s: %.300s); it needs a run",
+                    rng, type(exc).__name__, exc)  # fmt: skip
         return True
-    known = ledger.duplicates(parsed.messages, window)  # one read per 500 alert ids
-    return not all(claim is not None for claim in known)
 
 
 def ranges_already_delivered(settings: Settings, ranges: Sequence[OffsetRange]) -> set[OffsetRange]:
-    """The ``slack-messages`` ranges every record of which the ledger holds as delivered."""
-    ledger = DeliveryLedger(settings.effective_ledger_url)
+    """The ``slack-messages`` ranges every record of which the ledger holds as delivered.
+    Never raises (the delivery tail sensor calls it every tick): when the ledger cannot be
+    opened, no range counts as delivered."""
+    try:
+        ledger = DeliveryLedger(settings.effective_ledger_url)
+    except Exception as exc:
+        LOG.warning("the delivery ledger cannot be opened (%s: %.300s); every range needs a run",
+                    type(exc).__name__, exc)  # fmt: skip
+        return set()
     try:
         return {rng for rng in ranges if not needs_delivery(settings, rng, ledger)}
     finally:
-        ledger.close()
+        try:
+            ledger.close()
+        except Exception:
+            LOG.debug("closing the delivery ledger failed", exc_info=True)

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
+from alert_platform.kafka import properties
 from alert_platform.settings import Settings
 
 DEFAULT_GROUP_ID = "alert-platform-reader"
 
-# librdkafka warns when a consumer-only property reaches a producer or admin client.
-_CONSUMER_ONLY = frozenset(
+# librdkafka warns when a consumer-only property reaches a producer or admin client (and a
+# producer-only one a consumer): the pass-through settings are filtered per client kind.
+_CONSUMER_ONLY = properties.CONSUMER_ONLY | frozenset(
     {
         "fetch.wait.max.ms",
         "fetch.min.bytes",
@@ -58,7 +60,11 @@ def _without_consumer_only(config: dict[str, str | int | bool]) -> dict[str, str
 
 def consumer_config(settings: Settings, **extra: str | int | bool) -> dict[str, str | int | bool]:
     """The config :func:`make_consumer` uses (defaults < settings/profile < ``extra``)."""
-    config = {**CONSUMER_DEFAULTS, **settings.kafka_client_config()}
+    shared = settings.kafka_client_config()
+    config = {
+        **CONSUMER_DEFAULTS,
+        **{k: v for k, v in shared.items() if k not in properties.PRODUCER_ONLY},
+    }
     config.update(extra)
     return config
 

@@ -277,3 +277,93 @@ def _read_last_batches(
         for partition in list(pending):
             if partition in targets and ends[partition] >= targets[partition]:
                 pending.discard(partition)
+
+
+# -- offsets by time ------------------------------------------------------------------------------
+
+_FAR_FUTURE_MS = 10 * 365 * 86_400_000
+
+
+def offsets_for_times_is_reliable(
+    consumer: Consumer, topic: str, partitions: Sequence[int]
+) -> bool:
+    """Whether the broker answers a timestamp after every record with "end" (-1), as Kafka does.
+
+    The local Tansu broker answers 0 for any timestamp (and librdkafka's mock cluster -1 for
+    any); such a broker is not trusted.
+    """
+    if not partitions:
+        return False
+    future = int(time.time() * 1000) + _FAR_FUTURE_MS
+    answer = consumer.offsets_for_times(
+        [TopicPartition(topic, p, future) for p in partitions], timeout=10
+    )
+    return all(tp.error is None and tp.offset == -1 for tp in answer)
+
+
+def first_offsets_at(
+    consumer: Consumer,
+    topic: str,
+    bounds: Mapping[int, tuple[int, int]],
+    timestamp_ms: int,
+    *,
+    timeout: float = 10.0,
+) -> tuple[dict[int, int], str]:
+    """Per partition, the first offset in ``[low, end)`` (``bounds``) whose record timestamp is
+    ``>= timestamp_ms`` (``end`` when none is), and how it was found.
+
+    ``offsets_for_times`` where the broker answers it correctly; elsewhere (the local broker)
+    a binary search that reads one record per step, which assumes timestamps that do not
+    decrease along the partition (producer create times of one writer; a late record at most
+    moves the start by the records around it). Replaces the consumer's assignment.
+    """
+    partitions = sorted(p for p, (low, end) in bounds.items() if end > low)
+    out = {p: end for p, (_low, end) in bounds.items()}
+    if not partitions:
+        return out, "empty"
+    if offsets_for_times_is_reliable(consumer, topic, partitions):
+        answer = consumer.offsets_for_times(
+            [TopicPartition(topic, p, timestamp_ms) for p in partitions], timeout=timeout
+        )
+        for tp in answer:
+            low, end = bounds[tp.partition]
+            out[tp.partition] = end if tp.offset < 0 else max(low, min(end, tp.offset))
+        return out, "offsets_for_times"
+    for partition in partitions:
+        low, end = bounds[partition]
+        lo, hi = low, end  # invariant: the answer lies in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = _timestamp_at(consumer, topic, partition, mid, end, timeout)
+            if found is None:  # nothing readable at or after mid
+                hi = mid
+                continue
+            offset, ts = found
+            if ts >= timestamp_ms:
+                hi = mid
+            else:
+                lo = offset + 1
+        out[partition] = lo
+    return out, "binary_search"
+
+
+def _timestamp_at(
+    consumer: Consumer, topic: str, partition: int, offset: int, end: int, timeout: float
+) -> tuple[int, int] | None:
+    """``(offset, timestamp)`` of the first record at or after ``offset`` (below ``end``)."""
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for message in consumer.consume(1, 0.1):
+                if message.error() is not None:
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        return None
+                    continue
+                if message.offset() >= end:
+                    return None
+                if message.offset() >= offset:
+                    return message.offset(), message.timestamp()[1]
+    finally:
+        consumer.unassign()
+    raise OffsetError(f"no record of {topic}[{partition}] at offset {offset} within {timeout}s")

@@ -8,7 +8,9 @@ past ``end`` (consumers created with ``enable.partition.eof=true``), finishes th
 Nothing here hangs: ``timeout_s`` is the longest the reader waits without any progress (no
 record of the range arriving) before it raises :class:`RangeIncomplete`, naming the topic,
 partition and offsets. A range that starts below the partition's low watermark (deleted by
-retention) raises :class:`RangeNotAvailable` before reading anything.
+retention) raises :class:`RangeNotAvailable` before reading anything, unless the caller passes
+``on_gap``: then the deleted part is handed to ``on_gap`` and the rest of the range is read (a
+run over a range whose start retention removed succeeds and reports the gap).
 
 The local broker answers a fetch positioned past its true end with silence (no error, no EOF),
 so ranges must end at a probed end (:func:`~alert_platform.kafka.offsets.probe_end_offsets`).
@@ -19,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -39,6 +41,8 @@ _NOT_AVAILABLE = frozenset(
 _MISSING = frozenset(
     {KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION}
 )
+
+GapCallback = Callable[[OffsetRange], None]
 
 _new_record = tuple.__new__  # SourceRecord is a NamedTuple: build it without __new__'s checks
 
@@ -68,23 +72,33 @@ def read_range(
     rng: OffsetRange,
     batch_size: int = DEFAULT_BATCH_SIZE,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    on_gap: GapCallback | None = None,
 ) -> Iterator[list[SourceRecord]]:
     """Yield the records of ``rng`` in offset order, in lists of at most ``batch_size``.
 
     Replaces the consumer's assignment; unassigns when done (also when the caller stops
     early). ``timeout_s`` is the longest wait without progress before :class:`RangeIncomplete`.
-    Raises :class:`RangeNotAvailable` when the range starts below the low watermark.
+    Raises :class:`RangeNotAvailable` when the range starts below the low watermark, unless
+    ``on_gap`` is given: it then receives the deleted offsets and the rest is read.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if rng.empty:
         return
-    topic, partition, start, end = rng.topic, rng.partition, rng.start, rng.end
     low = _low_watermark(consumer, rng, timeout_s)
-    if start < low:
-        raise RangeNotAvailable(
-            rng, f"starts below the low watermark {low}: offsets {start}..{low - 1} were deleted"
-        )
+    if rng.start < low:
+        if on_gap is None:
+            raise RangeNotAvailable(
+                rng,
+                f"starts below the low watermark {low}: offsets {rng.start}..{low - 1} were "
+                "deleted",
+            )
+        cut = min(low, rng.end)
+        on_gap(OffsetRange(rng.topic, rng.partition, rng.start, cut))
+        if cut >= rng.end:
+            return
+        rng = OffsetRange(rng.topic, rng.partition, cut, rng.end)
+    topic, partition, start, end = rng.topic, rng.partition, rng.start, rng.end
     consumer.assign([TopicPartition(topic, partition, start)])
     try:
         next_offset = start  # lowest offset of the range not yet returned
@@ -114,9 +128,11 @@ def read_range(
                     # and the consumer reset to the (new) earliest offset.
                     low = _low_watermark(consumer, rng, timeout_s)
                     if low > start:
-                        raise RangeNotAvailable(
-                            rng, f"offsets {start}..{low - 1} were deleted while reading"
-                        )
+                        if on_gap is None:
+                            raise RangeNotAvailable(
+                                rng, f"offsets {start}..{low - 1} were deleted while reading"
+                            )
+                        on_gap(OffsetRange(topic, partition, start, min(low, end)))
                 first = False
                 yield batch
             if done or next_offset >= end:
@@ -142,10 +158,11 @@ def read_ranges(
     ranges: Iterable[OffsetRange],
     batch_size: int = DEFAULT_BATCH_SIZE,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    on_gap: GapCallback | None = None,
 ) -> Iterator[list[SourceRecord]]:
     """:func:`read_range` over several ranges in turn with one consumer (same guarantees)."""
     for rng in ranges:
-        yield from read_range(consumer, rng, batch_size, timeout_s)
+        yield from read_range(consumer, rng, batch_size, timeout_s, on_gap)
 
 
 def _convert(

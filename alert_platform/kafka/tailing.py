@@ -14,40 +14,31 @@ the new topic's ranges never share a run key, and so a "succeeded" state, with t
 Offsets alone cannot tell a recreated topic that already holds as many records as the cursor had
 read: without topic ids that case stays undetected.
 
+Retention gaps: offsets below a partition's low watermark are gone. A re-launched range (or the
+cursor) that starts below it is clamped to the low watermark and the lost offsets travel with
+the request (``RangeRequest.lost``) to the run that reports them, so a range whose start was
+deleted never fails forever and the retained records behind it are read. A range lost whole
+becomes an empty request that only carries its gap.
+
+A partition the cursor has no history of starts where ``start_offsets`` says (located by the
+caller from the start policy), else at its end with ``start_at_latest``, else at its low
+watermark.
+
 The first re-launch of a failed range is immediate; later ones wait an exponential back-off of
-``RETRY_BACKOFF_BASE_S`` (15 s, doubling, at most ``RETRY_BACKOFF_MAX_S``), which the environment
-variable ``ALERT_PLATFORM_RETRY_BACKOFF_BASE_S`` overrides (read once, when the sensors load:
-fault tests use a second or two).
+``retry_backoff_base_s`` (``Settings.retry_backoff_base_s``, env
+``ALERT_PLATFORM_RETRY_BACKOFF_BASE_S``; 15 s, doubling, at most ``RETRY_BACKOFF_MAX_S``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
 from alert_platform.kafka.offsets import OffsetRange
-from alert_platform.settings import ConfigError
 
-RETRY_BACKOFF_BASE_ENV = "ALERT_PLATFORM_RETRY_BACKOFF_BASE_S"
-
-
-def _backoff_base(default: float = 15.0) -> float:
-    raw = os.environ.get(RETRY_BACKOFF_BASE_ENV, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # also rejects nan
-        raise ConfigError(f"{RETRY_BACKOFF_BASE_ENV} must be a number of seconds >= 0, got {raw!r}")
-    return value
-
-
-RETRY_BACKOFF_BASE_S = _backoff_base()
+RETRY_BACKOFF_BASE_S = 15.0
 RETRY_BACKOFF_MAX_S = 300.0
 # A run key the instance does not know after this long was never launched: hand it out again.
 MISSING_RUN_GRACE_S = 120.0
@@ -71,15 +62,19 @@ class PendingRange:
     attempt: int
     requested_at: float
     not_before: float = 0.0
+    lost: tuple[OffsetRange, ...] = ()  # retention gaps its run must report
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "range": self.range.as_dict(),
             "run_key": self.run_key,
             "attempt": self.attempt,
             "requested_at": self.requested_at,
             "not_before": self.not_before,
         }
+        if self.lost:
+            data["lost"] = [gap.as_dict() for gap in self.lost]
+        return data
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, object]) -> PendingRange:
@@ -89,6 +84,7 @@ class PendingRange:
             attempt=int(raw["attempt"]),  # type: ignore[call-overload]
             requested_at=float(raw["requested_at"]),  # type: ignore[arg-type]
             not_before=float(raw.get("not_before", 0.0)),  # type: ignore[arg-type]
+            lost=tuple(OffsetRange.from_dict(g) for g in raw.get("lost", ())),  # type: ignore[attr-defined]
         )
 
 
@@ -127,20 +123,24 @@ class TailCursor:
 
 @dataclass(frozen=True)
 class RangeRequest:
-    """One run to launch: the range it must read and its idempotent run key."""
+    """One run to launch: the range it must read, its idempotent run key, and the offsets
+    before it that retention deleted unread (the run reports them)."""
 
     range: OffsetRange
     run_key: str
     attempt: int
+    lost: tuple[OffsetRange, ...] = ()
 
 
 @dataclass(frozen=True)
 class TickPlan:
-    """What one sensor tick should launch, the cursor to store, and anything worth logging."""
+    """What one sensor tick should launch, the cursor to store, anything worth logging, and
+    the retention gaps found this tick (each also carried by one request)."""
 
     requests: tuple[RangeRequest, ...]
     cursor: TailCursor
     notes: tuple[str, ...] = ()
+    gaps: tuple[OffsetRange, ...] = ()
 
 
 # Characters of the topic id a run key carries: 48 bits, plenty to tell incarnations apart.
@@ -160,8 +160,27 @@ def _retry_key(run_key: str, attempt: int) -> str:
     return f"{run_key.split('#retry', 1)[0]}#retry{attempt}"
 
 
-def _backoff(attempt: int) -> float:
-    return min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_BASE_S * (2 ** max(0, attempt - 1)))
+def _backoff(attempt: int, base_s: float) -> float:
+    return min(RETRY_BACKOFF_MAX_S, base_s * (2 ** max(0, attempt - 1)))
+
+
+def clamp_to_low(rng: OffsetRange, low: int) -> tuple[OffsetRange, OffsetRange | None]:
+    """``rng`` without its offsets below ``low`` (empty at ``rng.end`` when all are gone), and
+    the deleted part (``None``: nothing was deleted)."""
+    if rng.start >= low:
+        return rng, None
+    cut = min(low, rng.end)
+    return (
+        OffsetRange(rng.topic, rng.partition, cut, rng.end),
+        OffsetRange(rng.topic, rng.partition, rng.start, cut),
+    )
+
+
+def _gap_note(topic: str, gap: OffsetRange, what: str) -> str:
+    return (
+        f"{topic}[{gap.partition}]: offsets {gap.start}..{gap.end - 1} ({gap.size}) were deleted "
+        f"by retention before they were read; {what}"
+    )
 
 
 def plan_tick(
@@ -175,8 +194,10 @@ def plan_tick(
     max_records_per_run: int,
     max_runs_per_tick: int,
     start_at_latest: bool = False,
+    start_offsets: Mapping[int, int] | None = None,
     settle_one_tick: bool = False,
     topic_id: str = "",
+    retry_backoff_base_s: float = RETRY_BACKOFF_BASE_S,
 ) -> TickPlan:
     """Decide the runs of one tick.
 
@@ -185,8 +206,11 @@ def plan_tick(
     ``settle_one_tick`` hands out only records that were already there at the previous tick
     (a safety-net consumer gives the primary path one tick to finish first). ``topic_id`` is
     the topic's current id (``""``: not known this tick; the cursor's is kept).
+    ``start_offsets``: where a partition without history starts (clamped to its watermarks);
+    partitions it lacks start at the end with ``start_at_latest``, else at the low watermark.
     """
     notes: list[str] = []
+    gaps: list[OffsetRange] = []
     requests: list[RangeRequest] = []
     still_pending: list[PendingRange] = []
 
@@ -229,11 +253,18 @@ def plan_tick(
         if (state is RunState.FAILED or stuck) and retry_due:
             # The next retry, should this one fail too, waits out an exponential back-off.
             attempt = pending.attempt + 1
-            key = _retry_key(pending.run_key, attempt)
-            requests.append(RangeRequest(pending.range, key, attempt))
-            still_pending.append(
-                PendingRange(pending.range, key, attempt, now, now + _backoff(attempt))
-            )
+            rng, gap = clamp_to_low(pending.range, lows.get(pending.range.partition, 0))
+            lost = pending.lost
+            if gap is None:
+                key = _retry_key(pending.run_key, attempt)
+            else:
+                key = run_key_for(rng, attempt, topic_id)
+                lost = (*lost, gap)
+                gaps.append(gap)
+                notes.append(_gap_note(topic, gap, f"the retry reads {rng.start}..{rng.end - 1}"))
+            requests.append(RangeRequest(rng, key, attempt, lost))
+            backoff = _backoff(attempt, retry_backoff_base_s)
+            still_pending.append(PendingRange(rng, key, attempt, now, now + backoff, lost))
             notes.append(f"re-launching {pending.run_key} as {key} (run {state.value})")
             continue
         still_pending.append(pending)
@@ -245,28 +276,40 @@ def plan_tick(
         if partition in recreated:
             next_offsets[partition] = low
         elif partition not in next_offsets:
-            next_offsets[partition] = end if start_at_latest else low
+            if start_offsets is not None and partition in start_offsets:
+                next_offsets[partition] = max(low, min(end, start_offsets[partition]))
+            else:
+                next_offsets[partition] = end if start_at_latest else low
         if settle_one_tick:  # (what a recreated partition's previous tick saw is gone)
             end = min(end, 0 if partition in recreated else cursor.observed.get(partition, 0))
         start = next_offsets[partition]
+        lost: tuple[OffsetRange, ...] = ()
         if start < low:
-            notes.append(
-                f"{topic}[{partition}]: offsets {start}..{low - 1} were deleted by retention "
-                f"before they were read; resuming at {low}"
-            )
+            if len(requests) >= max_runs_per_tick:
+                continue  # no request can carry the gap this tick: found again next tick
+            gap = OffsetRange(topic, partition, start, low)
+            lost = (gap,)
+            gaps.append(gap)
+            notes.append(_gap_note(topic, gap, f"resuming at {low}"))
             start = low
+            if start >= end:  # nothing to read behind the gap: a request that only reports it
+                rng = OffsetRange(topic, partition, start, start)
+                key = run_key_for(rng, 0, topic_id)
+                requests.append(RangeRequest(rng, key, 0, lost))
+                still_pending.append(PendingRange(rng, key, 0, now, 0.0, lost))
         while start < end and len(requests) < max_runs_per_tick:
             rng = OffsetRange(topic, partition, start, min(end, start + max_records_per_run))
             key = run_key_for(rng, 0, topic_id)
-            requests.append(RangeRequest(rng, key, 0))
-            still_pending.append(PendingRange(rng, key, 0, now))
+            requests.append(RangeRequest(rng, key, 0, lost))
+            still_pending.append(PendingRange(rng, key, 0, now, 0.0, lost))
+            lost = ()
             start = rng.end
         next_offsets[partition] = start
 
     for partition in recreated - set(ends):  # gone with the old topic
         next_offsets.pop(partition, None)
     cursor_out = TailCursor(next_offsets, tuple(still_pending), dict(ends), topic_id)
-    return TickPlan(tuple(requests), cursor_out, tuple(notes))
+    return TickPlan(tuple(requests), cursor_out, tuple(notes), tuple(gaps))
 
 
 def group_into_runs(requests: Sequence[RangeRequest]) -> list[list[RangeRequest]]:

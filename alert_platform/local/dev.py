@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from alert_platform.settings import Settings
+from alert_platform.settings import DAGSTER_POSTGRES_URL_ENV, Settings
 
 # Sensor -> run latency: dequeue every second with threads (see docs/local-broker.md), and runs
 # of the same source topic (and so partition) never overlap (one per `alert-platform/source` tag).
@@ -45,25 +45,30 @@ nux:
   enabled: false
 """
 
-_POSTGRES_STORAGE = """\
+# Dagster reads the URL from the environment when it loads the instance: no file holds the
+# password (dagster-postgres: `postgres_url` is a StringSource, so `{env: VAR}` works).
+_POSTGRES_STORAGE = f"""\
 storage:
   postgres:
-    postgres_url: "{url}"
+    postgres_url:
+      env: {DAGSTER_POSTGRES_URL_ENV}
 """
-
-DAGSTER_POSTGRES_URL_ENV = "ALERT_PLATFORM_DAGSTER_POSTGRES_URL"
 
 
 def dagster_instance_yaml(postgres_url: str | None = None) -> str:
-    """The instance config `dev` uses: SQLite storage in DAGSTER_HOME unless a Postgres URL."""
+    """The instance config `dev` uses: SQLite storage in DAGSTER_HOME unless a Postgres URL.
+
+    With a URL, the file names ``$ALERT_PLATFORM_DAGSTER_POSTGRES_URL`` instead of the URL, so
+    Dagster processes must see that variable (see :func:`platform_environment`).
+    """
     text = _INSTANCE_YAML
     if postgres_url:
-        text += _POSTGRES_STORAGE.format(url=postgres_url)
+        text += _POSTGRES_STORAGE
     return text
 
 
 def prepare_dagster_home(data_dir: Path, postgres_url: str | None = None) -> Path:
-    """Create ``data_dir/dagster`` with its ``dagster.yaml`` and return it."""
+    """Create ``data_dir/dagster`` with its ``dagster.yaml`` (no secret in it) and return it."""
     home = (data_dir / "dagster").resolve()
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(dagster_instance_yaml(postgres_url))
@@ -85,6 +90,9 @@ def platform_environment(settings: Settings, dagster_home: Path) -> dict[str, st
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.setdefault("ALERT_PLATFORM_START_POLICY", "earliest")  # demo events precede Dagster
+    if settings.dagster_postgres_url:  # dagster.yaml refers to it by name
+        env[DAGSTER_POSTGRES_URL_ENV] = settings.dagster_postgres_url
     return env
 
 
@@ -211,9 +219,7 @@ def run_dev(settings: Settings, *, demo_events: int = 20, ui_timeout_s: float = 
         print(f"BigQuery warehouse seeded ({seeded} new account rows).", flush=True)
         demo = build_demo_data(demo_events)
         produce_lookup_tables(settings, demo)
-        dagster_home = prepare_dagster_home(
-            settings.data_dir, os.environ.get(DAGSTER_POSTGRES_URL_ENV)
-        )
+        dagster_home = prepare_dagster_home(settings.data_dir, settings.dagster_postgres_url)
         print("Starting Dagster (webserver + daemon)...", flush=True)
         dagster = start_dagster(settings, dagster_home, settings.data_dir / "logs" / "dagster.log")
         wait_for_http(

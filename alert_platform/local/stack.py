@@ -24,6 +24,7 @@ from alert_platform.local.processes import (
     http_probe,
     tcp_probe,
 )
+from alert_platform.local.sandbox.server import SANDBOX_TOKEN_ENV
 from alert_platform.settings import Settings
 
 SERVICES: tuple[str, ...] = ("kafka", "bigquery", "slack")
@@ -210,8 +211,6 @@ class LocalStack:
                 LOCALHOST,
                 "--port",
                 str(port),
-                "--token",
-                s.slack_bot_token,
             ]
             if SLACK_SEED_FILE.is_file():
                 command += ["--seed", str(SLACK_SEED_FILE)]
@@ -223,6 +222,9 @@ class LocalStack:
                 probe=http_probe(f"http://{LOCALHOST}:{port}/_sandbox/health"),
                 url=self.url("slack"),
                 cwd=self.data_dir / "slack",
+                # The token goes in the child's environment, never on its command line (which
+                # `ps`, the pid file and the log's "starting:" line show).
+                env={SANDBOX_TOKEN_ENV: s.slack_bot_token},
                 start_timeout=self.start_timeout,
                 port_hint="set SLACK_API_URL to another port",
             )

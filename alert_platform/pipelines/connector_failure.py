@@ -64,8 +64,8 @@ from alert_platform.pipelines.spec import ASSIGNMENTS as ASSIGNMENTS  # re-expor
 from alert_platform.pipelines.spec import SLACK_USERS as SLACK_USERS  # re-export
 from alert_platform.slack.blocks import (
     EMPTY,
-    MESSAGE_TEXT_MAX,
     URL_MAX,
+    VALUE_MAX,
     BlockTemplate,
     date_token,
     display,
@@ -82,7 +82,7 @@ ID_LABELS = ("org_id", "env_id", "connector_id")
 TEXT_LABELS = ("connector_name", "connector_new_status")
 # Console URL placeholders (values URL-encoded).
 URL_FIELDS = ("org_id", "env_id", "connector_id", "connector_name")
-_ORG_TEXT_MAX = MESSAGE_TEXT_MAX - len("Connector Failure for Org !")
+_ORG_TEXT_MAX = VALUE_MAX  # the org id in the notification text
 
 # (event document, data.labels, whether labels.connector_old_status is "Provisioning")
 Parsed = tuple[dict[str, Any], dict[str, Any], bool]
@@ -270,11 +270,12 @@ def layout(v: Mapping[str, str], *, console_button: bool = False) -> list[Block]
 
 @lru_cache(maxsize=2)
 def _templates() -> tuple[BlockTemplate, BlockTemplate]:
-    plain = BlockTemplate(layout, _NAMES, trusted=_TRUSTED)
+    plain = BlockTemplate(layout, _NAMES, trusted=_TRUSTED, value_max=VALUE_MAX)
     with_button = BlockTemplate(
         lambda v: layout(v, console_button=True),
         (*_NAMES, "console_url"),
         trusted=(*_TRUSTED, "console_url"),
+        value_max=VALUE_MAX,
     )
     return plain, with_button
 
@@ -335,7 +336,13 @@ def make_renderer(options: RenderOptions) -> Renderer:
         new_status = fields["connector_new_status"] or EMPTY
         when = date_token(fields["event_epoch"], fields["event_time"])
         assignee = assignee_line(context)
-        if len(org_id) > _ORG_TEXT_MAX or "&" in org_id or "<" in org_id or ">" in org_id:
+        if (
+            len(org_id) > _ORG_TEXT_MAX
+            or "&" in org_id
+            or "<" in org_id
+            or ">" in org_id
+            or not org_id.isprintable()  # control or bidi characters: escape neutralises
+        ):
             text = f"Connector Failure for Org {escape_truncate(org_id, _ORG_TEXT_MAX)}!"
         else:
             text = f"Connector Failure for Org {org_id}!"

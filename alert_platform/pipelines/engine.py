@@ -7,16 +7,33 @@ Every record ends in exactly one bucket, so
 ``read == filtered_out + unmatched + dead_lettered + alerts``; ``routed_to_fallback`` counts
 the alerts (a subset) that went to the fallback channel.
 
-A record that breaks a spec function with an unexpected exception is dead-lettered too
-(reason ``"unexpected <Type>: <message>"``, stage of the failing step), so one odd record can
-never wedge a partition; the batch always completes.
+A record that breaks a spec function with an unexpected exception of any kind (an
+``Exception``: ``RecursionError``, ``MemoryError``, ``OverflowError``, ``UnicodeError``, an
+exception whose message itself cannot be built, ...) is dead-lettered too (reason
+``"unexpected <Type>: <message>"``, at most :data:`REASON_MAX` characters, stage of the failing
+step), so one odd record can never wedge a partition; the batch always completes, and
+:func:`encode_dead_letter` never raises.
+
+Event-time sanity: with bounds in :class:`~alert_platform.pipelines.spec.RenderOptions`
+(``from_settings`` sets them), an event time before ``now - event_time_max_past`` or after
+``now + event_time_max_future`` is dead-lettered at stage ``validate`` with a reason naming the
+bound and its variable. Bounds are compared at second precision (an event up to one second
+past a bound still passes) and are relative to ``now``, also for backfills: a backfill reaches
+back ``ALERT_EVENT_TIME_MAX_PAST_HOURS`` (default 720 h, 30 days), no further.
+
+Each alert's value carries ``dedup_key`` (shared contract 1,
+:func:`~alert_platform.pipelines.spec.compile_dedup_key`) beside the readable ``alert_id``.
+A destination the route's ``check`` refuses, one that is not a string or is longer than
+:data:`DESTINATION_MAX`, sends the alert to the fallback channel with
+``intended_for["reason"]``; ``intended_for`` values are cut to
+:data:`~alert_platform.slack.blocks.VALUE_MAX` characters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
@@ -29,15 +46,26 @@ from alert_platform.pipelines.spec import (
     Lookup,
     PipelineSpec,
     RenderOptions,
+    compile_dedup_key,
     compile_template,
     format_rfc3339,
+    kind_of,
+    parse_rfc3339,
 )
+from alert_platform.slack.blocks import VALUE_MAX
 
 STAGE_PARSE = "parse"
 STAGE_FILTER = "filter"
 STAGE_VALIDATE = "validate"
 STAGE_JOIN = "join"
 STAGE_RENDER = "render"
+
+# Longest dead-letter reason (and header text) we write.
+REASON_MAX = 1000
+# Longest destination (channel name or id, user id) accepted from a route.
+DESTINATION_MAX = 255
+PAST_VARIABLE = "ALERT_EVENT_TIME_MAX_PAST_HOURS"
+FUTURE_VARIABLE = "ALERT_EVENT_TIME_MAX_FUTURE_MINUTES"
 
 
 class Alert(NamedTuple):
@@ -98,8 +126,77 @@ def _getter(lookup: Lookup) -> Callable[[str], Mapping[str, Any] | None]:
     return getter() if callable(getter) else lookup.get
 
 
-def _unexpected(exc: Exception) -> str:
-    return f"unexpected {type(exc).__name__}: {exc}"
+def _unexpected(exc: BaseException) -> str:
+    """``"unexpected <Type>: <message>"``, bounded; never raises (even when ``str(exc)`` does)."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "(the message cannot be shown)"
+    reason = f"unexpected {type(exc).__name__}: {message}"
+    return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 1] + "…"
+
+
+def _reason(exc: BadRecord) -> str:
+    reason = getattr(exc, "reason", None)
+    if type(reason) is not str:
+        return _unexpected(exc)
+    return reason if len(reason) <= REASON_MAX else reason[: REASON_MAX - 1] + "…"
+
+
+class _TimeBounds:
+    """The batch's event-time window: string bounds for canonical ``...Z`` times (compared as
+    text, at second precision) and a precise check for anything else."""
+
+    def __init__(self, now: datetime, past: timedelta | None, future: timedelta | None) -> None:
+        self.past, self.future = past, future
+        self.earliest = now - past if past is not None else datetime.min.replace(tzinfo=UTC)
+        self.latest = now + future if future is not None else datetime.max.replace(tzinfo=UTC)
+        # "YYYY-MM-DDTHH:MM:SS": any canonical time of that second or later compares >= low;
+        # "~" sorts after "Z" and ".": any time of the latest second compares <= high
+        self.low = format_rfc3339(self.earliest)[:19]
+        self.high = format_rfc3339(self.latest)[:19] + "~"
+
+    def check(self, stamp: Any) -> None:
+        """Raise a :class:`BadRecord` naming the bound ``stamp`` lies beyond (slow path)."""
+        if type(stamp) is not str:
+            raise BadRecord(f"event time is {kind_of(stamp)}, expected an RFC 3339 string")
+        moment = parse_rfc3339(stamp, "event time")
+        shown = stamp[:64]
+        if self.past is not None and moment < self.earliest:
+            hours = self.past.total_seconds() / 3600
+            raise BadRecord(
+                f"event time {shown} is more than {hours:g} h in the past ({PAST_VARIABLE})"
+            )
+        if self.future is not None and moment > self.latest:
+            minutes = self.future.total_seconds() / 60
+            raise BadRecord(
+                f"event time {shown} is more than {minutes:g} min in the future ({FUTURE_VARIABLE})"
+            )
+
+
+def _bounded(value: Any) -> Any:
+    """An ``intended_for`` value cut to :data:`VALUE_MAX` characters (JSON scalars kept)."""
+    if type(value) is str:
+        return value if len(value) <= VALUE_MAX else value[: VALUE_MAX - 1] + "…"
+    if (
+        value is None
+        or type(value) in (bool, float)
+        or (type(value) is int and -(2**63) <= value < 2**64)
+    ):
+        return value
+    try:
+        text = str(value)
+    except Exception:
+        text = f"({type(value).__name__})"
+    return _bounded(text)
+
+
+def _destination_problem(channel: Any) -> str | None:
+    if type(channel) is not str:
+        return f"destination is {kind_of(channel)}, expected a string"
+    if len(channel) > DESTINATION_MAX:
+        return f"destination is {len(channel)} characters long, more than {DESTINATION_MAX}"
+    return None
 
 
 def enrich_batch(
@@ -114,25 +211,34 @@ def enrich_batch(
 
     ``tables`` maps each join's table name to its lookup (a missing table raises ``KeyError``;
     a bad render option raises from ``spec.make_renderer``: configuration errors fail the batch,
-    bad records never do). ``now`` stamps ``created_at`` (one value per batch; default: now).
+    bad records never do). ``now`` stamps ``created_at`` (one value per batch; default: now)
+    and anchors the event-time bounds of ``options``.
     Dead-letter stages: ``parse``, ``filter``, ``validate``, ``join``, ``render``.
     """
     options = options or RenderOptions()
     missing = [join.table for join in spec.joins if join.table not in tables]
     if missing:
         raise KeyError(f"pipeline {spec.name!r} needs lookup tables {missing}")
-    created_at = format_rfc3339(now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    created_at = format_rfc3339(now)
+    past, future = options.event_time_max_past, options.event_time_max_future
+    bounds = None if past is None and future is None else _TimeBounds(now, past, future)
+    check_time = bounds is not None
+    low, high = (bounds.low, bounds.high) if bounds is not None else ("", "")
+    time_problem = bounds.check if bounds is not None else None
 
     name = spec.name
     parse, keep, validate = spec.parse, spec.keep, spec.validate
     render = spec.make_renderer(options)
     alert_id_of = compile_template(spec.alert_id)
+    dedup_key_of = compile_dedup_key(spec.alert_id, name)
     event_time_field = spec.event_time_field
     joins = tuple(
         (join.key, _getter(tables[join.table]), join.kind == "inner", join.as_)
         for join in spec.joins
     )
     route_channel = spec.route.channel
+    route_check = spec.route.check
     intended = tuple(spec.route.intended_for.items())
     fallback_channel = options.fallback_channel
     dumps = orjson.dumps
@@ -147,24 +253,30 @@ def enrich_batch(
         try:
             event = parse(record)
         except BadRecord as exc:
-            add_dead(DeadLetter(record, exc.reason, STAGE_PARSE, name))
+            add_dead(DeadLetter(record, _reason(exc), STAGE_PARSE, name))
             continue
         except Exception as exc:
             add_dead(DeadLetter(record, _unexpected(exc), STAGE_PARSE, name))
             continue
         try:
-            kept = keep(event)
+            dropped = not keep(event)
         except Exception as exc:
             add_dead(DeadLetter(record, _unexpected(exc), STAGE_FILTER, name))
             continue
-        if not kept:
+        if dropped:
             filtered += 1
             continue
 
         try:
-            context = Context(record, validate(record, event))
+            fields = validate(record, event)
+            if check_time:
+                stamp = fields[event_time_field]
+                # canonical "...Z" times within the bounds: two string comparisons
+                if type(stamp) is not str or not low <= stamp <= high or stamp[-1:] != "Z":
+                    time_problem(stamp)  # type: ignore[misc]  # raises when out of bounds
+            context = Context(record, fields)
         except BadRecord as exc:
-            add_dead(DeadLetter(record, exc.reason, STAGE_VALIDATE, name))
+            add_dead(DeadLetter(record, _reason(exc), STAGE_VALIDATE, name))
             continue
         except Exception as exc:
             add_dead(DeadLetter(record, _unexpected(exc), STAGE_VALIDATE, name))
@@ -188,10 +300,17 @@ def enrich_batch(
             continue
 
         try:
-            fields = context.fields
             channel = route_channel(context)
-            if not channel:
-                context.intended_for = {k: of(context) for k, of in intended}
+            why = None
+            if channel:
+                if route_check is not None and type(channel) is str:
+                    why = route_check(channel)
+                if why is None and (type(channel) is not str or len(channel) > DESTINATION_MAX):
+                    why = _destination_problem(channel)
+            if not channel or why is not None:
+                context.intended_for = {k: _bounded(of(context)) for k, of in intended}
+                if why is not None:
+                    context.intended_for["reason"] = why
                 channel = fallback_channel
             context.channel_id = channel
             alert_id = alert_id_of(fields)
@@ -205,6 +324,7 @@ def enrich_batch(
             topic, partition, offset, timestamp_ms = record[:4]
             value: dict[str, Any] = {
                 "alert_id": alert_id,
+                "dedup_key": dedup_key_of(fields, alert_id),
                 "pipeline": name,
                 "channel_id": channel,
                 "text": text,
@@ -223,7 +343,7 @@ def enrich_batch(
             encoded = dumps(value)
             key = alert_id.encode()
         except BadRecord as exc:
-            add_dead(DeadLetter(record, exc.reason, STAGE_RENDER, name))
+            add_dead(DeadLetter(record, _reason(exc), STAGE_RENDER, name))
             continue
         except Exception as exc:
             add_dead(DeadLetter(record, _unexpected(exc), STAGE_RENDER, name))
@@ -244,15 +364,38 @@ def enrich_batch(
 
 
 def encode_dead_letter(dead_letter: DeadLetter) -> DeadLetterMessage:
-    """The ``alerts-dlq`` message: original key and value bytes, the why and where as headers."""
+    """The ``alerts-dlq`` message: original key and value bytes, the why and where as headers.
+
+    Never raises: header texts are bounded and encoded with replacement, odd fields shown by
+    their kind."""
     record = dead_letter.record
     headers = [
-        ("error", dead_letter.reason.encode("utf-8", "replace")),
-        ("error_stage", dead_letter.stage.encode()),
-        ("pipeline", dead_letter.pipeline.encode()),
-        ("source_topic", record.topic.encode()),
-        ("source_partition", str(record.partition).encode()),
-        ("source_offset", str(record.offset).encode()),
-        ("source_timestamp", str(record.timestamp_ms).encode()),
+        ("error", _header(dead_letter.reason)),
+        ("error_stage", _header(dead_letter.stage)),
+        ("pipeline", _header(dead_letter.pipeline)),
+        ("source_topic", _header(getattr(record, "topic", None))),
+        ("source_partition", _header(getattr(record, "partition", None))),
+        ("source_offset", _header(getattr(record, "offset", None))),
+        ("source_timestamp", _header(getattr(record, "timestamp_ms", None))),
     ]
-    return DeadLetterMessage(record.key, record.value, headers)
+    return DeadLetterMessage(
+        _raw(getattr(record, "key", None)), _raw(getattr(record, "value", None)), headers
+    )
+
+
+def _header(value: Any) -> bytes:
+    try:
+        text = value if type(value) is str else str(value)
+    except Exception:
+        text = f"({type(value).__name__})"
+    if len(text) > REASON_MAX:
+        text = text[: REASON_MAX - 1] + "…"
+    return text.encode("utf-8", "replace")
+
+
+def _raw(value: Any) -> bytes | None:
+    if value is None or type(value) is bytes:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return None

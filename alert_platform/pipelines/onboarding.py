@@ -33,6 +33,7 @@ ledger suppresses the repeats.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -54,7 +55,7 @@ from alert_platform.pipelines.spec import (
     kind_of,
     rfc3339_utc,
 )
-from alert_platform.slack.blocks import MESSAGE_TEXT_MAX, BlockTemplate, date_token, display, mrkdwn
+from alert_platform.slack.blocks import VALUE_MAX, BlockTemplate, date_token, display, mrkdwn
 from alert_platform.slack.mrkdwn import escape_truncate
 from alert_platform.topics import ONBOARDING_EVENTS
 
@@ -67,7 +68,7 @@ REQUIRED = ("salesforce_account_id", "org_id", "account_name")
 OPTIONAL = ("plan", "region", "csdr_email")
 
 _TEXT_PREFIX = "Onboarding started for "
-_TEXT_MAX = MESSAGE_TEXT_MAX - len(_TEXT_PREFIX)
+_TEXT_MAX = VALUE_MAX  # the account name in the notification text
 
 
 def event_id(salesforce_account_id: str, day: str) -> str:
@@ -203,7 +204,7 @@ def layout(v: Mapping[str, str]) -> list[Block]:
 
 @lru_cache(maxsize=1)
 def _template() -> BlockTemplate:
-    return BlockTemplate(layout, _NAMES, trusted=_TRUSTED)
+    return BlockTemplate(layout, _NAMES, trusted=_TRUSTED, value_max=VALUE_MAX)
 
 
 def make_renderer(options: RenderOptions) -> Renderer:
@@ -239,4 +240,7 @@ ONBOARDING = PipelineSpec(
     route=ASSIGNEE_ROUTE,
     alert_id=ALERT_ID,
     make_renderer=make_renderer,
+    # The daily producer runs at 06:00 UTC for the previous day: its events are up to 30 h old
+    # when they are delivered, and a rerun the next day must still post what was missed.
+    max_alert_age=timedelta(hours=72),
 )

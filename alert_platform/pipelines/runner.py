@@ -4,6 +4,10 @@ Alerts go to ``slack-messages`` (keyed by alert id), records that cannot be proc
 ``alerts-dlq`` with the reason in headers. Lookup tables are loaded from their snapshots and
 caught up to the current end of their topics *before* the first record is joined, so an
 assignment written before an event is always seen by that event's join.
+
+Offsets of a range that retention deleted before the run read them are not an error: the run
+reads what is left and reports the gaps (``EnrichmentReport.lost``, with those the sensor found
+and handed over), so it succeeds and the records behind a gap are processed.
 """
 
 from __future__ import annotations
@@ -73,16 +77,34 @@ class EnrichmentReport:
     written: list[OffsetRange] = field(default_factory=list)
     tables: dict[str, LoadedTable] = field(default_factory=dict)
     outside_window: int = 0
+    # offsets deleted by retention before they were read (from the sensor and found here)
+    lost: list[OffsetRange] = field(default_factory=list)
     tables_s: float = 0.0
     # from the first source record read to the last output flushed (0.0: nothing was read)
     processing_s: float = 0.0
     elapsed_s: float = 0.0
+
+    @property
+    def lost_offsets(self) -> int:
+        """How many offsets retention deleted before this run could read them."""
+        return sum(gap.size for gap in self.lost)
+
+    def add_gap(self, gap: OffsetRange) -> None:
+        """Count ``gap`` once (the sensor and the reader may both report it)."""
+        if gap.empty:
+            return
+        same = (g for g in self.lost if (g.topic, g.partition) == (gap.topic, gap.partition))
+        if any(g.start <= gap.start and gap.end <= g.end for g in same):
+            return
+        self.lost.append(gap)
 
     def metadata(self) -> dict[str, Any]:
         """Flat figures for run metadata and logs."""
         return {
             **self.counts.as_dict(),
             "outside_window": self.outside_window,
+            "lost_offsets": self.lost_offsets,
+            "lost_ranges": [str(r) for r in self.lost],
             "source_ranges": [str(r.range) for r in self.ranges],
             "written_ranges": [str(r) for r in self.written],
             "table_rows": {name: len(t.table) for name, t in self.tables.items()},
@@ -111,15 +133,20 @@ def run_enrichment(
     tables: Mapping[str, LoadedTable] | None = None,
     index: RunIndex | None = None,
     batch_size: int = 10_000,
+    lost: Sequence[OffsetRange] = (),
 ) -> EnrichmentReport:
     """Enrich ``ranges`` of ``spec.source_topic``; raise if any record cannot be written.
 
     ``window_ms`` (backfills) keeps only records whose Kafka timestamp lies in
     ``[start, end)``. Live runs (no window) are recorded in ``index`` once their output is
-    flushed.
+    flushed. ``lost``: retention gaps the sensor found before these ranges; the report's
+    ``lost`` adds those the reader finds (a range starting below the low watermark is read
+    from the low watermark on).
     """
     started = time.monotonic()
     report = EnrichmentReport(spec.name)
+    for gap in lost:
+        report.add_gap(gap)
     consumer = make_consumer(settings, **RUN_CONSUMER_CONFIG)
     out = BatchProducer.from_settings(settings)
     with _cyclic_gc_paused():
@@ -134,7 +161,7 @@ def run_enrichment(
             for rng in ranges:
                 stats = RangeStats(rng)
                 report.ranges.append(stats)
-                for batch in read_range(consumer, rng, batch_size):
+                for batch in read_range(consumer, rng, batch_size, on_gap=report.add_gap):
                     if first_record_at is None:
                         first_record_at = time.monotonic()
                     stats.records += len(batch)

@@ -12,11 +12,16 @@ specific to a kind of alert lives in the spec's functions:
    filter drops are never dead-lettered for missing content.
 4. ``joins``: lookups in order; an ``inner`` miss drops the event (``unmatched``), a ``left``
    miss stores ``None`` under the join's name and carries on.
-5. ``route``: the Slack channel (or user id) from the enriched context; when it yields nothing
+5. ``route``: the Slack channel (or user id) from the enriched context; when it yields nothing,
+   or a destination its ``check`` refuses (a "DM" to something that is not a Slack user id),
    the alert goes to ``RenderOptions.fallback_channel`` with ``intended_for`` attached
-   (``routed_to_fallback``).
-6. ``alert_id`` (a ``str.format`` template over the fields, or a function) and ``event_time``
-   (the field holding the event's RFC 3339 UTC time) identify the alert for de-duplication.
+   (``routed_to_fallback``; a refused destination adds ``intended_for["reason"]``).
+6. ``alert_id`` (a ``str.format`` template over the fields, or a function) is the readable id;
+   the de-duplication key (``dedup_key``, :func:`compile_dedup_key`) is a hash of the same
+   fields, so ids whose parts contain the separator never collide. ``event_time`` (the field
+   holding the event's RFC 3339 UTC time, canonical ``...Z`` form as :func:`rfc3339_utc`
+   writes it) anchors de-duplication; the engine dead-letters a time outside the bounds of
+   :class:`RenderOptions` (stage ``validate``).
 7. ``make_renderer(options) -> render``: called once per batch (compile templates, check the
    options; a bad option fails the batch, not every record), then ``render(context) ->
    SlackMessage`` per alert: the Slack text and Block Kit blocks.
@@ -27,11 +32,12 @@ that alert an org's account-team member (the assignee joins, route and context l
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
@@ -68,12 +74,20 @@ class RenderOptions:
     fallback_channel: str = DEFAULT_FALLBACK_CHANNEL
     # e.g. "https://console.example/{org_id}/{env_id}/connectors/{connector_id}"; "" = no button
     console_url_template: str = ""
+    # Event-time sanity, relative to the batch's ``now``: an event older than now - past or
+    # newer than now + future is dead-lettered (stage "validate"). None = no bound (tests,
+    # benchmarks); deployments use from_settings. A backfill is enriched against the current
+    # time too, so it can reach back ``event_time_max_past`` (default 30 days), no further.
+    event_time_max_past: timedelta | None = None
+    event_time_max_future: timedelta | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RenderOptions:
         return cls(
             fallback_channel=settings.slack_fallback_channel,
             console_url_template=settings.connector_console_url_template,
+            event_time_max_past=timedelta(hours=settings.event_time_max_past_hours),
+            event_time_max_future=timedelta(minutes=settings.event_time_max_future_minutes),
         )
 
 
@@ -103,6 +117,8 @@ class SlackMessage(NamedTuple):
 
 KeyFn = Callable[[Context], str | None]
 Renderer = Callable[[Context], SlackMessage]
+# Why a destination is unacceptable (e.g. not a Slack user id), or None when it is fine.
+DestinationCheck = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
@@ -118,10 +134,13 @@ class Join:
 @dataclass(frozen=True)
 class Route:
     """Where the alert goes. ``channel`` empty or ``None`` means the fallback channel, and then
-    ``intended_for`` (name -> value from the context) records who should have received it."""
+    ``intended_for`` (name -> value from the context) records who should have received it.
+    ``check`` (optional) vets a destination: a reason it returns sends the alert to the
+    fallback channel too, with ``intended_for["reason"]``."""
 
     channel: KeyFn
     intended_for: Mapping[str, KeyFn] = field(default_factory=dict)
+    check: DestinationCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +158,9 @@ class PipelineSpec:
     make_renderer: Callable[[RenderOptions], Renderer]
     event_time_field: str = "event_time"
     description: str = ""
+    # The oldest alert live delivery still posts, when this pipeline's alerts are old by design
+    # (a daily producer's events are up to a day and a half old); None: ALERT_MAX_AGE_HOURS.
+    max_alert_age: timedelta | None = None
 
     def __post_init__(self) -> None:
         names = [join.as_ for join in self.joins]
@@ -147,6 +169,10 @@ class PipelineSpec:
 
     def alert_id_of(self, fields: Mapping[str, Any]) -> str:
         return compile_template(self.alert_id)(fields)
+
+    def dedup_key_of(self, fields: Mapping[str, Any]) -> str:
+        key_of = compile_dedup_key(self.alert_id, self.name)
+        return key_of(fields, self.alert_id_of(fields))
 
 
 def compile_template(
@@ -173,6 +199,50 @@ def compile_template(
         return lambda fields: layout % (fields[only],)
     pick = itemgetter(*names)
     return lambda fields: layout % pick(fields)
+
+
+DedupKeyFn = Callable[[Mapping[str, Any], str], str]
+
+
+def compile_dedup_key(
+    template: str | Callable[[Mapping[str, Any]], str], pipeline: str
+) -> DedupKeyFn:
+    """The de-duplication key function ``(fields, alert_id) -> key`` (shared contract 1).
+
+    ``f"{pipeline}:{digest}"``, the digest being BLAKE2b-128 (hex) of the JSON array of the
+    template's field values in template order, each as ``str``: unambiguous whatever the
+    values hold (``acme-prod``/``env-1`` and ``acme``/``prod-env-1`` give one alert id, two
+    keys). For an alert id function, the array holds the alert id alone.
+    """
+    prefix = f"{pipeline}:"
+    blake2b, dumps = hashlib.blake2b, orjson.dumps
+    if not isinstance(template, str):
+        return lambda _fields, alert_id: (
+            prefix + blake2b(dumps([alert_id]), digest_size=16).hexdigest()
+        )
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    if not names:
+        constant = prefix + blake2b(dumps([]), digest_size=16).hexdigest()
+        return lambda _fields, _alert_id: constant
+    if all(name.isidentifier() for name in names):
+        pick = itemgetter(*names) if len(names) > 1 else (lambda fields: (fields[names[0]],))
+    else:  # "{a.b}", "{a[0]}": the value str.format would look up
+        get_field = string.Formatter().get_field
+        pick = lambda fields: tuple(get_field(name, (), fields)[0] for name in names)  # noqa: E731
+
+    empty = blake2b(digest_size=16)  # copying it beats building a hasher with keywords
+
+    def dedup_key(fields: Mapping[str, Any], _alert_id: str) -> str:
+        values = pick(fields)
+        try:
+            "".join(values)  # all strings (the usual case): no conversion needed
+        except TypeError:
+            values = [str(value) for value in values]
+        hasher = empty.copy()
+        hasher.update(dumps(values))
+        return prefix + hasher.hexdigest()
+
+    return dedup_key
 
 
 # -- key functions for joins and routes -----------------------------------------------------
@@ -325,7 +395,10 @@ def rfc3339_utc(value: Any, what: str = "time") -> tuple[str, int]:
                     return f"{match[1]}T{match[2]}.{micros:06d}Z", int(moment.timestamp())
                 return f"{match[1]}T{match[2]}Z", int(moment.timestamp())
     moment = parse_rfc3339(value, what)
-    return format_rfc3339(moment), int(moment.timestamp())
+    try:
+        return format_rfc3339(moment), int(moment.timestamp())
+    except (OverflowError, ValueError, OSError):  # e.g. 9999-12-31T23:00:00-05:00 is year 10000
+        raise BadRecord(f"{what} {value[:64]!r} is out of the supported range in UTC") from None
 
 
 # -- the org's account-team member: joins, route and context line -----------------------------
@@ -351,14 +424,30 @@ def assignee_joins(org_id_field: str = "org_id") -> tuple[Join, Join]:
     )
 
 
-# To the assignee's Slack user; without one (or with an empty id), to the fallback channel,
-# recording the assignee's e-mail and name as ``intended_for``.
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{1,31}", re.ASCII).fullmatch
+# Longest destination text quoted in a reason.
+_QUOTED_MAX = 64
+
+
+def slack_user_id_problem(value: str, column: str = "slack_user_id") -> str | None:
+    """Why ``value`` is not a Slack user id (``U`` or ``W`` then upper-case letters and digits,
+    e.g. ``U024BE7LH``), or None: a "DM" to ``general`` would post into a public channel."""
+    if _SLACK_USER_ID(value) is not None:
+        return None
+    shown = value if len(value) <= _QUOTED_MAX else value[: _QUOTED_MAX - 1] + "…"
+    return f"{column} {shown!r} is not a Slack user id"
+
+
+# To the assignee's Slack user; without one (or with an empty id, or one that is not a Slack
+# user id), to the fallback channel, recording the assignee's e-mail and name as
+# ``intended_for`` (and the reason, for an invalid id).
 ASSIGNEE_ROUTE = Route(
     channel=from_row("slack_user", "slack_user_id"),
     intended_for={
         "email": from_row("assignment", "csdr_email"),
         "name": from_row("assignment", "csdr_name"),
     },
+    check=slack_user_id_problem,
 )
 
 
@@ -387,7 +476,10 @@ def assignee_line(context: Context) -> str:
             channel = escape(channel)
         return f"Assigned to <@{channel}> ({name})"
     email = assignment.get("csdr_email")
-    if email:
+    if context.intended_for.get("reason"):
+        who = f"*{name}* ({_person(email)})" if email else f"*{name}*"
+        why = "the Slack user id on record is not valid"
+    elif email:
         who = f"*{name}* ({_person(email)})"
         why = "no Slack user is known for that email"
     else:

@@ -15,6 +15,11 @@ the longest first, so a long connector name never pushes the ids out of a field.
 
 Every value is escaped for Slack unless it is named in ``trusted``: trusted values are built
 by our own code (user mentions, ``<!date^...>`` tokens, URLs) and are inserted as they are.
+Every value, trusted or not, has its control and bidi characters neutralised
+(:func:`alert_platform.slack.mrkdwn.neutralise`; in ``plain_text``, such as a header, ``\\n`` and
+``\\t`` become spaces too). With ``value_max`` (pipelines use :data:`VALUE_MAX`), an untrusted
+value longer than that is cut to it first, wherever it appears, so a 900 kB name costs a
+message no more than a 256-character one.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import orjson
 from slack_sdk.models.blocks import Block, MarkdownTextObject
 
-from alert_platform.slack.mrkdwn import escape, truncate
+from alert_platform.slack.mrkdwn import escape, neutralise, truncate
 
 # Block Kit limits (docs.slack.dev/reference/block-kit), counted in characters.
 MAX_BLOCKS = 50
@@ -42,6 +47,8 @@ ID_MAX = 255
 TEXT_OBJECT_MAX = 3000
 # The top-level ``text`` (notification fallback): Slack cuts at 40,000, recommends <= 4,000.
 MESSAGE_TEXT_MAX = 4000
+# The longest value copied from an event or a table into a message (escaped, with the ellipsis).
+VALUE_MAX = 256
 
 Layout = Callable[[Mapping[str, str]], Sequence[Block]]
 
@@ -113,8 +120,18 @@ class BlockTemplate:
     ``names`` and must not branch on the values (build one template per variant instead).
     """
 
-    def __init__(self, layout: Layout, names: Iterable[str], *, trusted: Iterable[str] = ()):
+    def __init__(
+        self,
+        layout: Layout,
+        names: Iterable[str],
+        *,
+        trusted: Iterable[str] = (),
+        value_max: int | None = None,
+    ) -> None:
         self.names: tuple[str, ...] = tuple(names)
+        if value_max is not None and value_max < 1:
+            raise ValueError(f"value_max must be at least 1, got {value_max}")
+        self.value_max = value_max
         self.trusted: frozenset[str] = frozenset(trusted)
         if unknown := self.trusted - set(self.names):
             raise ValueError(f"trusted names not in names: {sorted(unknown)}")
@@ -141,6 +158,15 @@ class BlockTemplate:
         # value index per position in the template, and occurrence number per position
         self._position_names = tuple(self._occurrence_names[n] for n in order)
         self._position_of = {n: position for position, n in enumerate(order)}
+        # positions in plain_text objects (headers, button labels): single-line text
+        self._single_line = tuple(
+            sorted(
+                self._position_of[number]
+                for slot in self._slots
+                if "plain_text" in slot.trail
+                for number, _, _ in slot.occurrences
+            )
+        )
         self._pick = _picker(self._position_names)
         self._escape_at = tuple(i for i, n in enumerate(self.names) if n not in self.trusted)
         self._untrusted = _picker(self._escape_at)
@@ -189,6 +215,9 @@ class BlockTemplate:
             share = (slot.limit - slot.static_len) // len(slot.occurrences)
             for _, index, _trusted in slot.occurrences:
                 caps[index] = min(caps[index], share)
+        if self.value_max is not None:
+            for index in self._escape_at:
+                caps[index] = min(caps[index], self.value_max)
         return tuple(caps)
 
     # -- per record ------------------------------------------------------------------------
@@ -243,8 +272,8 @@ class BlockTemplate:
                 f"{indent}        return _general({listed})",
             ]
             indent += "    "
-        lines += [
-            "    if not (a.isascii() and len(_dumps(a)) == total + 2):",
+        lines += [  # ASCII orjson leaves as is (no control, quote, backslash) and no DEL
+            "    if not (a.isascii() and len(_dumps(a)) == total + 2) or '\\x7f' in a:",
             f"        return _general({listed})",
         ]
         parts = []
@@ -259,11 +288,20 @@ class BlockTemplate:
         return env["fill"]
 
     def _fill_general(self, vals: list[str]) -> orjson.Fragment:
-        """:meth:`fill_seq` for any values: escapes, cuts to the limits, JSON-escapes."""
+        """:meth:`fill_seq` for any values: neutralises, escapes, cuts to the limits,
+        JSON-escapes."""
+        controls = not "".join(vals).isprintable()
+        if controls:
+            vals[:] = [neutralise(val) for val in vals]
         untrusted = "".join(self._untrusted(vals))
         if "&" in untrusted or "<" in untrusted or ">" in untrusted:
             for i in self._escape_at:
                 vals[i] = escape(vals[i])
+        value_max = self.value_max
+        if value_max is not None:
+            for i in self._escape_at:
+                if len(vals[i]) > value_max:
+                    vals[i] = truncate(vals[i], value_max)
         joined = "".join(vals)
         total = len(joined)
         fits = True
@@ -279,6 +317,12 @@ class BlockTemplate:
         else:
             args = self._fit(vals)
             joined = "".join(args)  # cuts add an ellipsis
+        if controls and self._single_line:
+            args = list(args)
+            for position in self._single_line:
+                if "\n" in args[position] or "\t" in args[position]:
+                    args[position] = args[position].replace("\n", " ").replace("\t", " ")
+            joined = "".join(args)
         # JSON-safe as is: ASCII that orjson would not escape (no quote, backslash, control)
         if not (joined.isascii() and len(_dumps(joined)) == len(joined) + 2):
             args = tuple(_dumps(arg)[1:-1].decode() for arg in args)
@@ -323,10 +367,15 @@ def mrkdwn(text: str) -> MarkdownTextObject:
 
 def display(value: Any) -> str:
     """A value as shown in a message: strings as they are, ``None`` or ``""`` as :data:`EMPTY`,
-    anything else ``str()``-ed (escaping is the template's job)."""
+    anything else ``str()``-ed (escaping and bounding are the template's job)."""
     if type(value) is str:
         return value or EMPTY
-    return EMPTY if value is None else str(value)
+    if value is None:
+        return EMPTY
+    try:
+        return str(value) or EMPTY
+    except Exception:  # e.g. an int of more than 4,300 digits: show its kind, never fail
+        return f"({type(value).__name__} that cannot be shown)"
 
 
 def date_token(epoch: int, iso: str, token: str = "{date_short_pretty} at {time}") -> str:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
 from alert_platform.delivery import ledger
-from alert_platform.settings import ConfigError
+from alert_platform.settings import ConfigError, Settings
+from tests.faults.harness import LEASE_ENV
 
 
-def test_delivery_lease_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ledger.LEASE_ENV, "20")
-    assert ledger._default_lease() == timedelta(seconds=20)
-    monkeypatch.setenv(ledger.LEASE_ENV, "")
-    assert ledger._default_lease() == timedelta(seconds=60)
-    for bad in ("5", "soon", "nan"):  # below the Slack timeout's margin, or not a number
-        monkeypatch.setenv(ledger.LEASE_ENV, bad)
-        with pytest.raises(ConfigError, match=ledger.LEASE_ENV):
-            ledger._default_lease()
+def test_delivery_lease_comes_from_the_environment_through_settings() -> None:
+    # The ledger no longer reads the environment at import; callers pass the setting.
+    assert not hasattr(ledger, "LEASE_ENV")
+    assert ledger.DEFAULT_LEASE.total_seconds() == 60
+    assert Settings.from_env({LEASE_ENV: "20"}).delivery_lease_s == 20
+    assert Settings.from_env({}).delivery_lease_s == 60
+    for bad in ("5", "soon", "nan"):  # below the Slack call deadline's margin, or not a number
+        with pytest.raises(ConfigError, match=LEASE_ENV):
+            Settings.from_env({LEASE_ENV: bad}).validate()

@@ -60,7 +60,8 @@ def flow_settings(
     own = free_port_settings(tmp_path_factory.mktemp(name))
     stack = LocalStack(own, die_with_parent=True)
     stack.up(["kafka"])
-    settings = own.with_overrides(**overrides)
+    # The flow tests read what they produced before the first tick: start tails at the start.
+    settings = own.with_overrides(**overrides, start_policy="earliest")
     create_topics(settings)
     try:
         yield settings
@@ -77,6 +78,7 @@ def platform_env(
     monkeypatch.setenv("ALERT_PLATFORM_DATA_DIR", str(flow_settings.data_dir))
     monkeypatch.setenv("SLACK_API_URL", flow_settings.slack_api_url)
     monkeypatch.setenv("SLACK_BOT_TOKEN", flow_settings.slack_bot_token)
+    monkeypatch.setenv("ALERT_PLATFORM_START_POLICY", flow_settings.start_policy)
     if flow_options.inline_delivery is not None:
         inline = "true" if flow_options.inline_delivery else "false"
         monkeypatch.setenv("ALERT_PLATFORM_INLINE_DELIVERY", inline)

@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,10 +27,11 @@ from alert_platform.delivery.deliverer import (
     METADATA_EVENT_TYPE,
     ChannelPacer,
     DeliveryIncompleteError,
+    DeliveryReport,
     SlackAuthError,
     deliver_batch,
 )
-from alert_platform.delivery.ledger import DELIVERED, FAILED_PERMANENT, DeliveryLedger
+from alert_platform.delivery.ledger import DELIVERED, FAILED_PERMANENT, STALE, DeliveryLedger
 from alert_platform.delivery.messages import UNPARSEABLE, OutboundMessage
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.local.sandbox import SandboxControl
@@ -43,8 +45,8 @@ PG_URL = os.environ.get(
     "ALERT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )
 REPO = Path(__file__).resolve().parents[2]
-RESPONSE_KEYS = {"alert_id", "ok", "channel", "ts", "error", "attempts", "slack_date",
-                 "delivered_at"}  # fmt: skip
+RESPONSE_KEYS = {"response_id", "outcome", "alert_id", "dedup_key", "event_time", "ok",
+                 "channel", "ts", "error", "attempts", "slack_date", "delivered_at"}  # fmt: skip
 
 
 def fast_pacer() -> ChannelPacer:
@@ -82,7 +84,7 @@ def pg_schema() -> Iterator[str]:
         engine.connect().close()
     except sa.exc.OperationalError as exc:
         engine.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc.orig}")
+        pytest.fail(f"PostgreSQL not reachable at {PG_URL}: {exc.orig}")
     schema = f"delivery_test_{uuid.uuid4().hex[:12]}"
     yield schema
     with engine.begin() as conn:
@@ -201,7 +203,8 @@ def test_batch_is_delivered_once_and_rerun_posts_nothing(
     for record in records:
         assert set(record) == RESPONSE_KEYS and record["ok"] and record["attempts"] == 1
         assert record["slack_date"].endswith("Z") and record["delivered_at"].endswith("Z")
-        assert record["ts"] and record["error"] is None
+        assert record["ts"] and record["error"] is None and record["outcome"] == "ok"
+        assert record["dedup_key"] == record["alert_id"]  # built in code: no dedup key given
 
     # Re-running the same batch (replay, retried run) posts nothing.
     again = deliver_batch(messages, client, ledger, window=24, on_response=records.append)
@@ -722,3 +725,172 @@ def test_wrong_token_posts_nothing_and_names_the_variable(
     assert secret not in str(caught.value) and secret not in repr(caught.value.report)
     assert sandbox.messages() == []
     assert ledger.count_by_state() == {}
+
+
+# -- one alert's ledger failure, stale alerts, colliding readable ids -------------------------
+
+
+def poison_triggers(ledger: DeliveryLedger, claim_suffix: str, record_suffix: str) -> None:
+    """SQLite triggers that make one alert's claim (insert) and another's ``mark_delivered``
+    (update to 'delivered') fail, as a bad value or a broken row would, for that alert only."""
+    table = ledger.table.name
+    with ledger.transaction() as conn:
+        conn.exec_driver_sql(
+            f'CREATE TRIGGER poison_claim BEFORE INSERT ON "{table}" '
+            f"WHEN NEW.alert_id LIKE '%{claim_suffix}' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned claim'); END"
+        )
+        conn.exec_driver_sql(
+            f'CREATE TRIGGER poison_record BEFORE UPDATE ON "{table}" '
+            f"WHEN NEW.state = 'delivered' AND NEW.alert_id LIKE '%{record_suffix}' "
+            "BEGIN SELECT RAISE(ABORT, 'poisoned record'); END"
+        )
+
+
+def test_one_alerts_failing_ledger_statement_leaves_every_other_alert_alone(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    sandbox.set_rate_limit(None)
+    messages = make_messages(channels, per_channel=4)
+    # Claims of a lane are grouped (fast pacing: claim-ahead) with other lanes' calls in one
+    # SQLite transaction: before, one failing statement voided them all.
+    claim_victim = replace(messages[5], alert_id=messages[5].alert_id + ":poison-claim")
+    record_victim = replace(messages[10], alert_id=messages[10].alert_id + ":poison-record")
+    messages[5], messages[10] = claim_victim, record_victim
+    poison_triggers(ledger, ":poison-claim", ":poison-record")
+    client = make_web_client(slack_settings, timeout=5)
+    records: list[dict] = []
+    report = deliver_batch(
+        messages, client, ledger, window=24, on_response=records.append, pacer=fast_pacer()
+    )
+
+    assert report.dead_lettered == 1 and report.delivered == len(messages) - 1
+    (letter,) = report.dead_letters
+    assert letter.alert_id == claim_victim.alert_id and letter.error == "delivery_error"
+    assert "poisoned claim" in letter.detail and letter.detail.startswith("claim:")
+    failed = [r for r in records if r["alert_id"] == claim_victim.alert_id]
+    assert [(r["outcome"], r["error"]) for r in failed] == [("failed", "delivery_error")]
+    others = [m for m in messages if m is not claim_victim]
+    assert_exactly_once(sandbox, others)
+    for message in others:
+        (row,) = ledger.lookup(message.alert_id)
+        expected = "sending" if message is record_victim else DELIVERED  # posted, unrecorded
+        assert row.state == expected, (message.alert_id, row.state)
+    assert ledger.lookup(claim_victim.alert_id) == []
+
+    # The cause fixed, a re-run delivers the dead letter and finds the unrecorded post.
+    with ledger.transaction() as conn:
+        conn.exec_driver_sql("DROP TRIGGER poison_claim")
+        conn.exec_driver_sql("DROP TRIGGER poison_record")
+    rerun = deliver_batch(
+        messages, client, ledger, window=24, pacer=fast_pacer(), lease=timedelta(0)
+    )
+    assert (rerun.delivered, rerun.recovered_uncertain) == (1, 1)
+    assert rerun.already_delivered == len(messages) - 2
+    assert_exactly_once(sandbox, messages)
+    assert all(ledger.lookup(m.alert_id)[0].state == DELIVERED for m in messages)
+
+
+@pytest.mark.parametrize("ledger_spec", ["sqlite", "postgres"], indirect=True)
+def test_stale_alerts_are_not_posted_until_an_explicit_backfill(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    sandbox.set_rate_limit(None)
+    now = datetime.now(UTC)
+    run = uuid.uuid4().hex[:8]
+    fresh = OutboundMessage(f"age:{run}:fresh", channels[0], "fresh", now - timedelta(hours=23))
+    old = OutboundMessage(f"age:{run}:old", channels[0], "old", now - timedelta(hours=25))
+    client = make_web_client(slack_settings, timeout=5)
+    records: list[dict] = []
+
+    def live() -> DeliveryReport:
+        return deliver_batch([fresh, old], client, ledger, window=1, on_response=records.append,
+                             pacer=fast_pacer(), max_age=timedelta(hours=24))  # fmt: skip
+
+    report = live()
+    assert (report.delivered, report.stale) == (1, 1) and report.summary()["stale"] == 1
+    assert held(sandbox) == Counter({fresh.alert_id: 1})
+    (stale_record,) = [r for r in records if r["alert_id"] == old.alert_id]
+    assert stale_record["outcome"] == "stale" and not stale_record["ok"]
+    assert (stale_record["error"], stale_record["attempts"]) == ("stale", 0)
+    assert [r.state for r in ledger.lookup(old.alert_id)] == [STALE]
+
+    again = live()  # a re-run: still stale, still one row, nothing posted
+    assert (again.already_delivered, again.stale, again.post_calls) == (1, 1, 0)
+    assert [r.state for r in ledger.lookup(old.alert_id)] == [STALE]
+
+    backfill = deliver_batch([fresh, old], client, ledger, window=1, pacer=fast_pacer(),
+                             max_age=timedelta(hours=24), allow_stale=True)  # fmt: skip
+    assert (backfill.delivered, backfill.stale, backfill.already_delivered) == (1, 0, 1)
+    assert_exactly_once(sandbox, [fresh, old])
+    assert [r.state for r in ledger.lookup(old.alert_id)] == [DELIVERED]
+    after = live()
+    assert (after.already_delivered, after.stale, after.post_calls) == (2, 0, 0)
+
+
+@pytest.mark.parametrize("ledger_spec", ["sqlite", "postgres"], indirect=True)
+def test_alerts_with_the_same_readable_id_and_different_keys_are_both_posted(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    sandbox.set_rate_limit(None)
+    readable = f"acme-prod-env-1-{uuid.uuid4().hex[:6]}-connector-failure"
+    t0 = datetime.now(UTC) - timedelta(minutes=1)
+    # org acme-prod / env env-1 and org acme / env prod-env-1: one readable id, two keys.
+    pair = [
+        OutboundMessage(readable, channels[0], "acme-prod", t0, dedup_key="connector_failure:1a"),
+        OutboundMessage(readable, channels[1], "acme", t0, dedup_key="connector_failure:2b"),
+    ]
+    client = make_web_client(slack_settings, timeout=5)
+    report = deliver_batch(pair, client, ledger, window=24, pacer=fast_pacer())
+    assert report.delivered == 2 and report.suppressed_repeat == report.already_delivered == 0
+    assert sorted(m["text"] for m in sandbox.messages()) == ["acme", "acme-prod"]
+    rows = ledger.lookup(readable)
+    assert sorted(r.dedup_key for r in rows) == ["connector_failure:1a", "connector_failure:2b"]
+    assert {r.state for r in rows} == {DELIVERED}
+    again = deliver_batch(pair, client, ledger, window=24, pacer=fast_pacer())
+    assert again.already_delivered == 2 and again.post_calls == 0
+
+
+def test_a_payload_that_cannot_be_encoded_is_dead_lettered_and_the_lane_goes_on(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    sandbox.set_rate_limit(None)
+    deep: dict = {"type": "section"}
+    for _ in range(5_000):  # deeper than any JSON encoder recurses
+        deep = {"type": "section", "nested": deep}
+    messages = make_messages(channels[:1], per_channel=3)
+    messages[1] = replace(messages[1], blocks=[deep])
+    report = deliver_batch(
+        messages, make_web_client(slack_settings, timeout=5), ledger, window=24,
+        pacer=fast_pacer(),
+    )  # fmt: skip
+    assert (report.delivered, report.dead_lettered, report.unfinished) == (2, 1, 0)
+    (letter,) = report.dead_letters
+    assert letter.alert_id == messages[1].alert_id and "RecursionError" in letter.detail
+    assert_exactly_once(sandbox, [messages[0], messages[2]])
+    (row,) = ledger.lookup(messages[1].alert_id)
+    assert row.state == FAILED_PERMANENT and "RecursionError" in (row.error or "")
+
+
+@pytest.mark.parametrize("ledger_spec", ["sqlite", "postgres"], indirect=True)
+def test_each_outcome_is_reported_before_the_ledger_makes_it_final(
+    slack_settings: Settings, sandbox: SandboxControl, channels: list[str], ledger: DeliveryLedger
+) -> None:
+    # The runner stores each record durably in its callback: the ledger must not hold an
+    # outcome as final before the callback has returned.
+    sandbox.set_rate_limit(None)
+    messages = make_messages(channels, per_channel=2)
+    old = OutboundMessage(f"order:{uuid.uuid4().hex[:6]}", channels[0], "old",
+                          datetime.now(UTC) - timedelta(days=3))  # fmt: skip
+    seen: list[tuple[str, list[str]]] = []
+
+    def on_response(record: dict) -> None:
+        seen.append((record["outcome"], [r.state for r in ledger.lookup(record["alert_id"])]))
+
+    report = deliver_batch([*messages, old], make_web_client(slack_settings, timeout=5), ledger,
+                           window=24, on_response=on_response, pacer=fast_pacer(),
+                           max_age=timedelta(hours=24))  # fmt: skip
+    assert (report.delivered, report.stale) == (len(messages), 1)
+    assert sorted(seen) == sorted([("ok", ["sending"])] * len(messages) + [("stale", [])])
+    assert all(ledger.lookup(m.alert_id)[0].state == DELIVERED for m in messages)
+    assert ledger.lookup(old.alert_id)[0].state == STALE

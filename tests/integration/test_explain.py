@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from alert_platform.local.demo import (
     produce_lookup_tables,
 )
 from alert_platform.local.sandbox.control import SandboxControl
+from alert_platform.retention import prune_state
 from alert_platform.settings import Settings
 from tests.integration.flow_helpers import (
     FlowOptions,
@@ -223,6 +225,22 @@ def test_explain_alerts_and_events(
     assert "TOPIC:PARTITION:OFFSET" in capsys.readouterr().err
     assert main(["explain", "--event", "no-such-topic:0:1"]) == 1
     assert "no pipeline reads topic" in capsys.readouterr().err
+
+    # Retention: a month on, the rows are pruned, and explain says when and up to what time.
+    report = prune_state(settings, now=datetime.now(UTC) + timedelta(days=30))
+    assert report.ledger >= 1 and report.run_index >= len(enrich_ids)
+    with Explainer(settings) as explainer:
+        gone = explainer.explain_alert(alert_id)
+        assert gone.ledger == [] and gone.messages
+        assert any("unless its row was pruned" in note for note in gone.notes)
+        assert any(note.startswith("pruned: the event time") for note in gone.notes)
+        (source,) = gone.events
+        assert source.position == position["delivered"] and source.enrichment_runs == []
+        assert any("run-index rows recorded before" in note for note in source.notes)
+    text = run_cli(capsys, alert_id, "--no-dagster")
+    assert "were pruned at" in text and report.before.strftime("%Y-%m-%dT%H:%M") in text
+    text = run_cli(capsys, "--event", position["filtered"], "--no-dagster")
+    assert "run-index rows recorded before" in text
 
 
 def _split(position: str) -> tuple[str, int, int]:

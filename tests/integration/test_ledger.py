@@ -1,7 +1,8 @@
 """The delivery ledger's claim semantics on real SQLite and real PostgreSQL.
 
 PostgreSQL: ``ALERT_TEST_POSTGRES_URL`` (default ``postgresql+psycopg2://postgres@127.0.0.1:5432/
-test``); each test module run gets its own schema, dropped afterwards. Skipped when unreachable.
+test``); each test module run gets its own schema, dropped afterwards. An unreachable server
+fails the PostgreSQL tests (it runs on every machine here), it does not skip them.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from alert_platform.delivery.ledger import (
     DELIVERED,
     FAILED_PERMANENT,
     SENDING,
+    STALE,
     SUPPRESSED_REPEAT,
     ClaimKind,
     DeliveryLedger,
+    UTCDateTime,
 )
 from alert_platform.delivery.messages import OutboundMessage
 
@@ -64,7 +67,7 @@ def pg_schema() -> Iterator[str]:
         engine.connect().close()
     except sa.exc.OperationalError as exc:
         engine.dispose()
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc.orig}")
+        pytest.fail(f"PostgreSQL not reachable at {PG_URL}: {exc.orig}")
     schema = f"ledger_test_{uuid.uuid4().hex[:12]}"
     yield schema
     with engine.begin() as conn:
@@ -262,3 +265,193 @@ def test_two_processes_claim_the_same_alerts(ledger_spec: LedgerSpec) -> None:
         assert kinds == ["in_flight", "new"], (i, kinds)
     with ledger_spec.open() as check:
         assert check.count_by_state() == {SENDING: n}
+
+
+# -- collision-free identity, the ends of the datetime range, stale rows --------------------
+
+
+def keyed(alert_id: str, dedup_key: str, event_time: datetime = T0) -> OutboundMessage:
+    return OutboundMessage(alert_id, "C1", "text", event_time, dedup_key=dedup_key)
+
+
+def test_same_readable_id_with_different_dedup_keys_are_two_alerts(
+    ledger: DeliveryLedger,
+) -> None:
+    # acme-prod/env-1 and acme/prod-env-1 render the same readable id; their keys differ.
+    readable = "acme-prod-env-1-c1-connector-failure"
+    first, second = keyed(readable, "connector_failure:aa"), keyed(readable, "connector_failure:bb")
+    claims = [ledger.claim(m, WINDOW) for m in (first, second)]
+    assert [c.kind for c in claims] == [ClaimKind.NEW, ClaimKind.NEW]
+    assert {c.row.dedup_key for c in claims} == {"connector_failure:aa", "connector_failure:bb"}
+    assert ledger.mark_delivered(claims[0], "C1", "1.1")
+    found = ledger.duplicates([first, second], WINDOW)
+    assert found[0] is not None and found[0].reason == ALREADY_DELIVERED and found[1] is None
+    assert ledger.claim(second, WINDOW).kind is ClaimKind.IN_FLIGHT  # its own live claim
+    assert len(ledger.lookup(readable)) == 2  # explain finds both by the readable id
+    # Without a dedup key the alert id is the key (messages of earlier versions).
+    assert OutboundMessage("plain", "C1", "t", T0).dedup_key == "plain"
+
+
+@pytest.mark.parametrize(
+    "event_time",
+    [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 0, tzinfo=UTC),
+        datetime.max.replace(tzinfo=UTC),
+    ],
+    ids=["year-1", "year-9999", "datetime-max"],
+)
+def test_event_times_at_the_ends_of_the_range(
+    ledger_spec: LedgerSpec, event_time: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PostgreSQL session in a zone west of UTC would read year 1 back as year 0 (out of
+    # range for Python): the ledger's sessions run in UTC whatever the client's zone.
+    monkeypatch.setenv("PGTZ", "America/Los_Angeles")
+    window = timedelta(hours=8760)  # the largest de-duplication window the settings allow
+    with ledger_spec.open() as ledger:
+        message = msg("edge", event_time)
+        assert ledger.duplicates([message], window) == [None]
+        assert not ledger.is_delivered(message, window)
+        claim = ledger.claim(message, window)
+        assert claim.kind is ClaimKind.NEW and claim.row.event_time == event_time
+        assert ledger.mark_delivered(claim, "C1", "1.1")
+        assert ledger.is_delivered(message, window)
+        (known,) = ledger.duplicates([message], window)
+        assert known is not None and known.reason == ALREADY_DELIVERED
+        assert ledger.claim(message, window).reason == ALREADY_DELIVERED
+        (row,) = ledger.lookup("edge")
+        assert row.event_time == event_time and row.state == DELIVERED
+
+
+def test_stale_rows_never_suppress_and_a_backfill_delivers_them(ledger: DeliveryLedger) -> None:
+    old = msg("old")
+    assert ledger.mark_stale(old)
+    assert ledger.mark_stale(old)  # again (a re-run): still one row
+    (row,) = ledger.lookup("old")
+    assert (row.state, row.error, row.dedup_key) == (STALE, "stale", "old")
+    assert ledger.duplicates([old], WINDOW) == [None]
+    # Another event of the alert is new, not suppressed by the stale one.
+    other = ledger.claim(msg("old", T0 + timedelta(hours=1)), WINDOW)
+    assert other.kind is ClaimKind.NEW and not other.retry_of_failure
+    assert ledger.release(other)
+    # An explicit backfill claims the stale event on its row; a release puts it back.
+    retry = ledger.claim(old, WINDOW)
+    assert retry.kind is ClaimKind.NEW and retry.retry_of_failure and retry.prior_state == STALE
+    assert retry.row_id == row.id
+    assert ledger.release(retry)
+    assert [r.state for r in ledger.lookup("old")] == [STALE]
+    retry = ledger.claim(old, WINDOW)
+    assert ledger.mark_delivered(retry, "C1", "5.5", attempts=1)
+    assert [r.state for r in ledger.lookup("old")] == [DELIVERED]
+    # Once delivered, a live run's stale verdict changes nothing.
+    assert not ledger.mark_stale(old)
+    assert [r.state for r in ledger.lookup("old")] == [DELIVERED]
+    # A permanent failure of the same event becomes stale (one row, never two).
+    failed = ledger.claim(msg("failed"), WINDOW)
+    ledger.mark_failed(failed, "channel_not_found")
+    assert ledger.mark_stale(msg("failed"))
+    assert [r.state for r in ledger.lookup("failed")] == [STALE]
+
+
+def test_a_failing_statement_in_a_savepoint_voids_nothing_else(ledger: DeliveryLedger) -> None:
+    claims = []
+    with ledger.transaction() as conn:
+        with ledger.savepoint(conn) as point:
+            claims.append(ledger.claim(msg("before"), WINDOW, conn=point))
+        with pytest.raises(sa.exc.IntegrityError), ledger.savepoint(conn) as point:
+            ledger.claim(msg("poison"), WINDOW, conn=point)  # fine so far ...
+            assert point is not None
+            point.execute(ledger.table.update().values(state="bogus"))  # ... CHECK fails
+        with ledger.savepoint(conn) as point:
+            claims.append(ledger.claim(msg("after"), WINDOW, conn=point))
+    assert [c.kind for c in claims] == [ClaimKind.NEW, ClaimKind.NEW]
+    assert ledger.lookup("poison") == []  # rolled back with its savepoint, alone
+    assert [r.state for a in ("before", "after") for r in ledger.lookup(a)] == [SENDING] * 2
+
+
+# -- upgrading a table of the previous version ------------------------------------------------
+
+
+def previous_version_table(metadata: sa.MetaData, table_name: str) -> sa.Table:
+    """The table as the previous version created it (``git show 38cc084:...ledger.py``)."""
+    return sa.Table(
+        table_name,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("alert_id", sa.String(512), nullable=False),
+        sa.Column("event_time", UTCDateTime, nullable=False),
+        sa.Column("state", sa.String(32), nullable=False),
+        sa.Column("channel", sa.String(255)),
+        sa.Column("ts", sa.String(64)),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("source", sa.String(512)),
+        sa.Column("nonce", sa.String(64), nullable=False, unique=True),
+        sa.Column("owner", sa.String(128)),
+        sa.Column("claimed_at", UTCDateTime, nullable=False),
+        sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+        sa.Column("delivered_at", UTCDateTime),
+        sa.Column("error", sa.Text),
+        sa.UniqueConstraint("alert_id", "event_time", name=f"uq_{table_name}_alert_event"),
+        sa.CheckConstraint(
+            "state IN ('sending', 'delivered', 'failed_permanent')",
+            name=f"ck_{table_name}_state",
+        ),
+    )
+
+
+def test_a_table_of_the_previous_version_is_upgraded(
+    ledger_spec: LedgerSpec, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = sa.create_engine(ledger_spec.url)
+    metadata = sa.MetaData(schema=ledger_spec.schema)
+    old = previous_version_table(metadata, ledger_spec.table)
+    with engine.begin() as conn:
+        if ledger_spec.schema:
+            conn.execute(sa.schema.CreateSchema(ledger_spec.schema, if_not_exists=True))
+        old.create(conn)
+        base = {"channel": "C1", "attempts": 1, "owner": None, "claimed_at": T0,
+                "heartbeat_at": T0, "event_time": T0, "ts": None, "delivered_at": None,
+                "error": None}  # fmt: skip
+        conn.execute(old.insert(), [
+            {**base, "alert_id": "was-delivered", "state": DELIVERED, "nonce": "n1", "ts": "1.1",
+             "delivered_at": T0},
+            {**base, "alert_id": "was-failed", "state": FAILED_PERMANENT, "nonce": "n2",
+             "error": "channel_not_found"},
+        ])  # fmt: skip
+    engine.dispose()
+
+    with caplog.at_level("WARNING", logger="alert_platform.delivery.ledger"):
+        ledger = ledger_spec.open()
+    assert "upgraded the delivery ledger table" in caplog.text
+    # Old rows keep their meaning, keyed on dedup_key = alert_id.
+    (delivered,) = ledger.lookup("was-delivered")
+    assert (delivered.dedup_key, delivered.state, delivered.ts) == (
+        "was-delivered",
+        DELIVERED,
+        "1.1",
+    )
+    assert ledger.claim(msg("was-delivered"), WINDOW).reason == ALREADY_DELIVERED
+    # The same event re-derived by the new version (a pipeline dedup key) is still known; a
+    # repeat of the readable id at another time is not suppressed by the ambiguous old row.
+    (replayed,) = ledger.duplicates([keyed("was-delivered", "p:new")], WINDOW)
+    assert replayed is not None and replayed.reason == ALREADY_DELIVERED
+    later = keyed("was-delivered", "p:new", T0 + timedelta(minutes=5))
+    assert ledger.duplicates([later], WINDOW) == [None]
+    retry = ledger.claim(msg("was-failed"), WINDOW)
+    assert retry.kind is ClaimKind.NEW and retry.retry_of_failure
+    # The new state is allowed, nonsense still is not.
+    assert ledger.mark_stale(msg("now-stale"))
+    assert ledger.lookup("now-stale")[0].state == STALE
+    with pytest.raises(sa.exc.IntegrityError), ledger.transaction() as conn:
+        conn.execute(ledger.table.update().values(state="bogus"))
+    # The unique constraint is on (dedup_key, event_time) now: one readable id, two alerts.
+    twins = [keyed("twin", "p:1"), keyed("twin", "p:2")]
+    assert [ledger.claim(m, WINDOW).kind for m in twins] == [ClaimKind.NEW, ClaimKind.NEW]
+    ledger.close()
+    # Opening it again changes nothing more.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="alert_platform.delivery.ledger"):
+        again = ledger_spec.open()
+    assert "upgraded" not in caplog.text
+    assert again.count_by_state() == {DELIVERED: 1, SENDING: 3, STALE: 1}
+    again.close()

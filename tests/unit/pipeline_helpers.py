@@ -3,6 +3,7 @@ tables, a checked ``enrich_batch`` run and the accessors of its single outcome."
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -70,6 +71,13 @@ def only_dead_letter(result: BatchResult) -> tuple[str, str]:
     assert len(result.dead_letters) == 1
     dead = result.dead_letters[0]
     return dead.reason, dead.stage
+
+
+def contract_dedup_key(pipeline: str, *values: str) -> str:
+    """Shared contract 1, computed here independently of the engine: ``pipeline:`` and the
+    BLAKE2b-128 hex digest of the JSON array of the alert-id template's values."""
+    digest = hashlib.blake2b(orjson.dumps(list(values)), digest_size=16).hexdigest()
+    return f"{pipeline}:{digest}"
 
 
 def flat_text(blocks: list[dict[str, Any]]) -> str:

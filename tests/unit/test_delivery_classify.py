@@ -127,7 +127,10 @@ def test_slack_date_and_response_record() -> None:
         date_header="Tue, 25 Nov 2025 10:00:01 GMT",
         delivered_at=datetime(2025, 11, 25, 10, 0, 1, 500, tzinfo=UTC),
     )
+    assert record.pop("outcome") == "ok" and len(record.pop("response_id")) == 32
     assert record == {
+        "dedup_key": None,
+        "event_time": None,
         "alert_id": "a-1",
         "ok": True,
         "channel": "C1",

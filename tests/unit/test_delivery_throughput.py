@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from alert_platform.delivery import deliverer, runner
+from alert_platform.delivery import deliverer, ledger_ops, runner
 from alert_platform.delivery.deliverer import (
     DEFAULT_BURST,
     DEFAULT_MAX_WORKERS,
@@ -234,6 +235,9 @@ class CountingLedger:
         self.transactions += 1
         return self.inner.transaction()
 
+    def savepoint(self, conn):
+        return self.inner.savepoint(conn)
+
 
 def test_grouped_calls_share_transactions_and_each_gets_its_answer(
     ledger: DeliveryLedger,
@@ -260,25 +264,45 @@ def test_grouped_calls_share_transactions_and_each_gets_its_answer(
     assert ledger.count_by_state() == {"sending": 40}
 
 
-def test_a_failed_group_fails_every_call_and_a_lost_record_stops_the_batch(
+def test_a_failing_call_fails_alone_and_only_a_systemic_one_stops_the_batch(
     ledger: DeliveryLedger,
 ) -> None:
     stopped: list[BaseException] = []
     ops = _LedgerOps(ledger, on_error=stopped.append)
-    claim = ops.call(lambda conn: ledger.claim(msg("r"), WINDOW, conn=conn))
+    claims = [ops.call(lambda conn, a=a: ledger.claim(msg(a), WINDOW, conn=conn)) for a in "rs"]
 
     def broken(conn: object) -> None:
-        raise RuntimeError("disk full")
+        raise RuntimeError("bad value for this one alert")
 
-    ops.submit(lambda conn: ledger.mark_delivered(claim, "C1", "4.4", conn=conn))
-    ops.submit(broken)
+    # One group: a post recorded, a call that fails, another post recorded.
+    with ops._cond:  # hold the ledger thread until the three calls are queued together
+        ops._pending.append(
+            ledger_ops.Op(
+                lambda c: ledger.mark_delivered(claims[0], "C1", "4.4", conn=c), wait=False
+            )
+        )
+        ops._pending.append(ledger_ops.Op(broken, wait=False))
+        ops._pending.append(
+            ledger_ops.Op(
+                lambda c: ledger.mark_delivered(claims[1], "C1", "4.5", conn=c), wait=False
+            )
+        )
+        ops._outstanding += 3
+        ops._cond.notify_all()
+    ops.flush()
+    assert ops.error is None and stopped == []  # a per-alert failure does not stop the batch
+    assert [ledger.lookup(a)[0].state for a in "rs"] == [DELIVERED, DELIVERED]
+    with pytest.raises(RuntimeError, match="one alert"):
+        ops.call(broken)  # raised to its own caller
+
+    # A systemic failure (the database unusable) still stops the batch and is kept.
+    def locked(conn: object) -> None:
+        raise sa.exc.OperationalError("UPDATE ...", {}, Exception("database is locked"))
+
+    ops.submit(locked)
     ops.flush()
     ops.close()
-    assert isinstance(ops.error, RuntimeError) and stopped == [ops.error]
-    # Whatever shared the failed transaction did not happen either: the row stays 'sending'
-    # (the next run finds the post by its nonce), never half-recorded.
-    (row,) = ledger.lookup("r")
-    assert row.state in ("sending", DELIVERED)
+    assert isinstance(ops.error, sa.exc.OperationalError) and stopped == [ops.error]
     with pytest.raises(RuntimeError, match="after the batch ended"):
         ops.submit(lambda conn: None)
 
@@ -289,8 +313,14 @@ def test_postgres_style_ledgers_run_calls_in_place() -> None:
 
     ops = _LedgerOps(Concurrent(), on_error=lambda exc: None)  # type: ignore[arg-type]
     assert ops.call(lambda conn: conn) is None  # no shared transaction handed in
+    ops.submit(lambda conn: 1 / 0)  # one alert's failure: logged, the batch goes on
+    assert ops.error is None
+    with pytest.raises(sa.exc.OperationalError):  # systemic: raised at once
+        ops.submit(lambda conn: (_ for _ in ()).throw(
+            sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        ))  # fmt: skip
     with pytest.raises(ZeroDivisionError):
-        ops.submit(lambda conn: 1 / 0)  # raised at once, as a direct ledger call would
+        ops.call(lambda conn: 1 / 0)  # a waited call raises to its caller
     ops.close()
 
 

@@ -42,7 +42,7 @@ def test_escape_control_characters(raw: str, escaped: str) -> None:
         "*bold* _it_ ~strike~ `code` quote | pipe \"quotes\" 'single' \\ back",
         "Ünïcödé naïve café ✓ 🚀 👩‍👩‍👧",
         "مرحبا بالعالم",  # Arabic (RTL)
-        "שלום \u202eevil\u202c",  # Hebrew with RTL override characters
+        "שלום evil",  # Hebrew (bidi control characters are neutralised: test_pipeline_text.py)
         "日本語のコネクタ",
         "tab\tnewline\n",
     ],

@@ -25,11 +25,12 @@ from alert_platform.slack.blocks import (
     SECTION_FIELD_MAX,
     SECTION_TEXT_MAX,
 )
-from alert_platform.slack.mrkdwn import ELLIPSIS, escape
+from alert_platform.slack.mrkdwn import ELLIPSIS, escape, neutralise
 from alert_platform.tables.lookup import LookupTable
 from alert_platform.topics import NOTIFICATIONS
 from tests.unit.pipeline_helpers import (
     DROP,
+    contract_dedup_key,
     flat_text,
     lookup_tables,
     only_alert,
@@ -119,6 +120,7 @@ def test_provisioning_failure_becomes_an_alert(data_as_string: bool) -> None:
     assert alert.source.offset == 7
     assert value == {
         "alert_id": "org-1-env-a-lcc-1-connector-failure",
+        "dedup_key": contract_dedup_key("connector_failure", "org-1", "env-a", "lcc-1"),
         "pipeline": "connector_failure",
         "channel_id": "U0JANE",
         "text": "Connector Failure for Org org-1!",
@@ -338,10 +340,12 @@ def test_text_fallback_is_escaped() -> None:
     "name",
     ["مرحبا بالعالم", "שלום \u202eevil\u202c", "コネクタ 🚀 👩‍👩‍👧", 'q"uote \\ back\nslash'],
 )
-def test_unicode_and_rtl_text_is_kept_intact(name: str) -> None:
+def test_unicode_and_rtl_text_is_kept_controls_neutralised(name: str) -> None:
     value = only_alert(run(record(event(connector_name=name))))
-    assert value["blocks"][0]["text"]["text"] == f"Connector failure: {name}"
-    assert value["blocks"][1]["fields"][2]["text"] == f"*Connector*\n{name} (`lcc-1`)"
+    # bidi controls neutralised; in the plain_text header a newline is a space
+    header, shown = neutralise(name, multiline=False), neutralise(name)
+    assert value["blocks"][0]["text"]["text"] == f"Connector failure: {header}"
+    assert value["blocks"][1]["fields"][2]["text"] == f"*Connector*\n{shown} (`lcc-1`)"
 
 
 def test_huge_event_text_is_cut_to_block_kit_limits() -> None:

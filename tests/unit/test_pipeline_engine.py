@@ -34,6 +34,7 @@ from alert_platform.pipelines.spec import (
     rfc3339_utc,
 )
 from alert_platform.topics import NOTIFICATIONS
+from tests.unit.pipeline_helpers import contract_dedup_key
 
 NOW = datetime(2024, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
 
@@ -117,6 +118,7 @@ def test_stages_and_counts() -> None:
     first = orjson.loads(result.alerts[0].value)
     assert first == {
         "alert_id": "u1-signup",
+        "dedup_key": contract_dedup_key("toy", "u1"),
         "pipeline": "toy",
         "channel_id": "UA",
         "text": "signup u1",

@@ -29,11 +29,12 @@ from alert_platform.slack.blocks import (
     SECTION_FIELD_MAX,
     SECTION_TEXT_MAX,
 )
-from alert_platform.slack.mrkdwn import ELLIPSIS, escape
+from alert_platform.slack.mrkdwn import ELLIPSIS, escape, neutralise
 from alert_platform.tables.lookup import LookupTable
 from alert_platform.topics import ONBOARDING_EVENTS
 from tests.unit.pipeline_helpers import (
     DROP,
+    contract_dedup_key,
     flat_text,
     lookup_tables,
     only_alert,
@@ -133,6 +134,7 @@ def test_producer_event_becomes_an_alert() -> None:
     assert alert.event_time == TIME
     assert message == {
         "alert_id": ALERT_ID,
+        "dedup_key": contract_dedup_key("onboarding", ACCOUNT, "2026-03-10"),
         "pipeline": "onboarding",
         "channel_id": "U0JANE",
         "text": "Onboarding started for Acme Analytics",
@@ -377,10 +379,12 @@ def test_ids_are_escaped_in_blocks_but_not_in_the_alert_id() -> None:
         'q"uote \\ back\nslash',
     ],
 )
-def test_unicode_and_rtl_text_is_kept_intact(name: str) -> None:
+def test_unicode_and_rtl_text_is_kept_controls_neutralised(name: str) -> None:
     value = only_alert(run(record(event(data=fields(account_name=name)))))
-    assert value["blocks"][0]["text"]["text"] == f"Onboarding started: {name}"
-    assert value["blocks"][1]["fields"][0]["text"] == f"*Account*\n{name} (`{ACCOUNT}`)"
+    # bidi controls neutralised; in the plain_text header a newline is a space
+    header, shown = neutralise(name, multiline=False), neutralise(name)
+    assert value["blocks"][0]["text"]["text"] == f"Onboarding started: {header}"
+    assert value["blocks"][1]["fields"][0]["text"] == f"*Account*\n{shown} (`{ACCOUNT}`)"
 
 
 def test_huge_event_text_is_cut_to_block_kit_limits() -> None:

@@ -32,7 +32,7 @@ from alert_platform.slack.blocks import (
     BlockTemplate,
     limit_for,
 )
-from alert_platform.slack.mrkdwn import ELLIPSIS, escape
+from alert_platform.slack.mrkdwn import ELLIPSIS, escape, neutralise
 
 BROKEN_ENTITY = re.compile(r"&(?!amp;|lt;|gt;)")
 
@@ -40,9 +40,20 @@ BROKEN_ENTITY = re.compile(r"&(?!amp;|lt;|gt;)")
 def reference(
     layout_fn, values: Mapping[str, str], trusted: tuple[str, ...] = ()
 ) -> list[dict[str, object]]:
-    """What slack_sdk's models produce for the same values (escaped like the template does)."""
-    escaped = {k: v if k in trusted else escape(v) for k, v in values.items()}
-    return [block.to_dict() for block in layout_fn(escaped)]
+    """What slack_sdk's models produce for the same values (escaped and neutralised like the
+    template does: in plain_text objects, newlines and tabs become spaces)."""
+    escaped = {k: neutralise(v) if k in trusted else escape(v) for k, v in values.items()}
+    return [_single_line(block.to_dict()) for block in layout_fn(escaped)]
+
+
+def _single_line(node: object) -> object:
+    if isinstance(node, dict):
+        if node.get("type") == "plain_text" and isinstance(node.get("text"), str):
+            return {**node, "text": node["text"].replace("\n", " ").replace("\t", " ")}
+        return {key: _single_line(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_single_line(item) for item in node]
+    return node
 
 
 def roundtrip_through_sdk(blocks: list[dict[str, object]]) -> list[dict[str, object]]:

@@ -192,18 +192,25 @@ def test_partition_emptied_by_a_restart_waits_for_new_records() -> None:
     assert [(r.range.start, r.range.end) for r in nxt.requests] == [(0, 7)]
 
 
-def test_retry_backoff_base_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from alert_platform.kafka import tailing
-    from alert_platform.settings import ConfigError
+def test_retry_backoff_base_comes_from_settings() -> None:
+    from alert_platform.settings import ConfigError, Settings
 
-    monkeypatch.setenv(tailing.RETRY_BACKOFF_BASE_ENV, "1.5")
-    assert tailing._backoff_base() == 1.5
-    monkeypatch.setenv(tailing.RETRY_BACKOFF_BASE_ENV, "")
-    assert tailing._backoff_base() == 15.0
-    for bad in ("soon", "-1", "nan"):
-        monkeypatch.setenv(tailing.RETRY_BACKOFF_BASE_ENV, bad)
-        with pytest.raises(ConfigError, match=tailing.RETRY_BACKOFF_BASE_ENV):
-            tailing._backoff_base()
+    assert Settings.from_env({"ALERT_PLATFORM_RETRY_BACKOFF_BASE_S": "1.5"}).retry_backoff_base_s
+    assert Settings.from_env({}).retry_backoff_base_s == 15.0
+    with pytest.raises(ConfigError, match="ALERT_PLATFORM_RETRY_BACKOFF_BASE_S"):
+        Settings.from_env({"ALERT_PLATFORM_RETRY_BACKOFF_BASE_S": "soon"})
+    # The planner waits out the base it is given: 2 s, then 4 s (not the 15 s default).
+    base = {"retry_backoff_base_s": 2.0}
+    first = tick(TailCursor(), {0: 10}, now=0.0)
+    key = first.requests[0].run_key
+    retry = tick(first.cursor, {0: 10}, states={key: RunState.FAILED}, now=1.0, **base)
+    failed = {retry.requests[0].run_key: RunState.FAILED}
+    assert tick(retry.cursor, {0: 10}, states=failed, now=1.0 + 1.9, **base).requests == ()
+    second = tick(retry.cursor, {0: 10}, states=failed, now=1.0 + 2.1, **base)
+    assert [r.attempt for r in second.requests] == [2]
+    again = {second.requests[0].run_key: RunState.FAILED}
+    assert tick(second.cursor, {0: 10}, states=again, now=3.1 + 3.9, **base).requests == ()
+    assert tick(second.cursor, {0: 10}, states=again, now=3.1 + 4.1, **base).requests
 
 
 def test_recreated_partition_also_settles_one_tick() -> None:
@@ -285,3 +292,149 @@ def test_retries_keep_the_topic_id_in_their_run_key() -> None:
     failed_again = {r.run_key: RunState.FAILED for r in retry.requests}
     later = tick(retry.cursor, {0: 5}, states=failed_again, now=1e9, topic_id="A1")
     assert [r.run_key for r in later.requests] == ["events:0:0-5@A1#retry2"]
+
+
+# -- retention gaps -------------------------------------------------------------------------------
+
+
+def test_failed_range_whose_start_was_deleted_is_clamped_and_carries_its_gap() -> None:
+    first = tick(TailCursor(), {0: 100}, now=0.0)
+    (request,) = first.requests
+    assert (request.range.start, request.range.end) == (0, 100)
+    states = {request.run_key: RunState.FAILED}
+    retry = tick(first.cursor, {0: 100}, lows={0: 30}, states=states, now=1.0)
+    (again,) = retry.requests
+    assert (again.range.start, again.range.end) == (30, 100)
+    assert [(g.start, g.end) for g in again.lost] == [(0, 30)]
+    assert [(g.start, g.end) for g in retry.gaps] == [(0, 30)]
+    assert again.run_key == run_key_for(again.range, 1)
+    assert any("0..29 (30) were deleted by retention" in note for note in retry.notes)
+    # It fails again and retention moved on: the next retry clamps further, keeping both gaps.
+    failed = {again.run_key: RunState.FAILED}
+    third = tick(retry.cursor, {0: 100}, lows={0: 60}, states=failed, now=10_000.0)
+    (last,) = third.requests
+    assert (last.range.start, last.range.end, last.attempt) == (60, 100, 2)
+    assert [(g.start, g.end) for g in last.lost] == [(0, 30), (30, 60)]
+    # Once it succeeds, nothing of the range is pending: no retry forever.
+    done = tick(third.cursor, {0: 100}, lows={0: 60}, states={last.run_key: RunState.SUCCEEDED})
+    assert done.requests == () and done.cursor.pending == ()
+
+
+def test_range_deleted_whole_becomes_an_empty_request_that_reports_the_gap() -> None:
+    first = tick(TailCursor(), {0: 50}, now=0.0)
+    states = {first.requests[0].run_key: RunState.FAILED}
+    retry = tick(first.cursor, {0: 80}, lows={0: 70}, states=states, now=1.0)
+    gap_only = [r for r in retry.requests if r.range.empty]
+    assert [(r.range.start, r.range.end) for r in gap_only] == [(50, 50)]
+    assert [(g.start, g.end) for g in gap_only[0].lost] == [(0, 50)]
+    # The cursor (at 50) is behind the low watermark too: the new range starts at 70 and
+    # carries the offsets 50..69.
+    new = [r for r in retry.requests if r.range.start >= 70]
+    assert [(r.range.start, r.range.end) for r in new] == [(70, 80)]
+    assert [(g.start, g.end) for g in new[0].lost] == [(50, 70)]
+    assert sum(g.size for g in retry.gaps) == 70
+
+
+def test_cursor_behind_the_low_watermark_with_nothing_left_still_reports_the_gap() -> None:
+    plan = tick(TailCursor(next_offsets={0: 5}), {0: 40}, lows={0: 40})
+    (request,) = plan.requests
+    assert request.range.empty and request.range.start == 40
+    assert [(g.start, g.end) for g in request.lost] == [(5, 40)]
+    assert plan.cursor.next_offsets == {0: 40}
+
+
+def test_gap_waits_for_a_tick_with_room_for_its_request() -> None:
+    cursor = TailCursor(next_offsets={0: 0, 1: 5})
+    plan = tick(cursor, {0: 300, 1: 50}, lows={1: 20}, max_runs_per_tick=3)
+    assert all(r.range.partition == 0 for r in plan.requests)
+    assert plan.cursor.next_offsets[1] == 5 and plan.gaps == ()
+    later = tick(plan.cursor, {0: 300, 1: 50}, lows={1: 20}, max_runs_per_tick=3)
+    (request,) = [r for r in later.requests if r.range.partition == 1]
+    assert [(g.start, g.end) for g in request.lost] == [(5, 20)]
+
+
+def test_pending_gaps_survive_the_cursor_json() -> None:
+    first = tick(TailCursor(), {0: 100}, now=0.0)
+    states = {first.requests[0].run_key: RunState.FAILED}
+    retry = tick(first.cursor, {0: 100}, lows={0: 30}, states=states, now=1.0)
+    again = TailCursor.from_json(retry.cursor.to_json())
+    assert again == retry.cursor
+    assert [(g.start, g.end) for g in again.pending[0].lost] == [(0, 30)]
+
+
+def test_running_range_below_the_low_watermark_is_left_to_its_run() -> None:
+    first = tick(TailCursor(), {0: 100}, now=0.0)
+    key = first.requests[0].run_key
+    plan = tick(first.cursor, {0: 100}, lows={0: 30}, states={key: RunState.IN_PROGRESS})
+    assert plan.requests == () and plan.gaps == ()
+    assert [p.run_key for p in plan.cursor.pending] == [key]
+
+
+# -- start policy ---------------------------------------------------------------------------------
+
+
+def test_start_offsets_place_partitions_without_history_within_their_watermarks() -> None:
+    plan = tick(TailCursor(), {0: 100, 1: 100, 2: 100}, lows={1: 50}, start_offsets={0: 90, 1: 10})
+    # partition 0 at the located offset, 1 clamped to its low watermark, 2 (not located) at low
+    assert [(r.range.partition, r.range.start) for r in plan.requests] == [(0, 90), (1, 50), (2, 0)]
+    latest = tick(TailCursor(), {0: 100, 1: 100}, start_offsets={0: 500}, start_at_latest=True)
+    assert [(r.range.partition, r.range.start) for r in latest.requests] == []
+    assert latest.cursor.next_offsets == {0: 100, 1: 100}
+
+
+def test_start_offsets_never_move_a_partition_with_history() -> None:
+    first = tick(TailCursor(), {0: 10})
+    done = {r.run_key: RunState.SUCCEEDED for r in first.requests}
+    plan = tick(first.cursor, {0: 20, 1: 5}, states=done, start_offsets={0: 19, 1: 3})
+    assert [(r.range.partition, r.range.start, r.range.end) for r in plan.requests] == [
+        (0, 10, 20),
+        (1, 3, 5),
+    ]
+
+
+# -- the sensor's per-range work ------------------------------------------------------------
+
+
+def test_a_range_whose_check_raises_gets_a_run_instead_of_failing_the_tick() -> None:
+    from alert_platform.kafka.offsets import OffsetRange
+    from alert_platform.settings import Settings
+    from sensors.topic_tail import _handled
+
+    warnings: list[str] = []
+
+    class Log:
+        def warning(self, text: str) -> None:
+            warnings.append(text)
+
+    class Context:
+        log = Log()
+
+    bad, good, other = (OffsetRange("slack-messages", p, 0, 5) for p in range(3))
+
+    def needs_no_run(_settings: Settings, ranges) -> set[OffsetRange]:
+        (rng,) = ranges
+        if rng == bad:
+            raise RecursionError("maximum recursion depth exceeded while decoding a JSON value")
+        return {rng} if rng == good else set()
+
+    handled = _handled(Context(), needs_no_run, Settings(), [bad, good, other])  # type: ignore[arg-type]
+    assert handled == {good}
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "launching one" in warnings[0]
+
+
+def test_start_policy_applies_to_a_cursor_without_history_only() -> None:
+    from alert_platform.settings import Settings
+    from sensors.topic_tail import locate_starts, start_lookback_s
+
+    latest, earliest = Settings(), Settings(start_policy="earliest")
+    assert start_lookback_s(earliest, "events") is None
+    assert start_lookback_s(latest, "events") == 0
+    assert start_lookback_s(latest.with_overrides(start_lookback_minutes=30), "events") == 1800
+    # The delivery sensor looks back the maximum alert age (or the look-back, if longer).
+    assert start_lookback_s(latest, "slack-messages") == 24 * 3600
+    longer = latest.with_overrides(start_lookback_minutes=48 * 60)
+    assert start_lookback_s(longer, "slack-messages") == 48 * 3600
+    marks = {0: (0, 10)}
+    assert locate_starts(latest, "events", marks, [0], 0.0)[:2] == (None, True)
+    assert locate_starts(earliest, "events", marks, [0], 0.0)[:2] == (None, False)
+    assert locate_starts(latest, "events", marks, [], 0.0) == (None, False, [])

@@ -1,7 +1,7 @@
 """Local Slack Web API sandbox: a stdlib HTTP server that ``slack_sdk.WebClient`` can talk to.
 
-Run it with ``python -m alert_platform.local.sandbox --port 8025 --token xoxb-...``, or in a
-thread with ``SandboxServer(...).start()``; drive it with ``SandboxControl``.
+Run it with ``SLACK_BOT_TOKEN=xoxb-... python -m alert_platform.local.sandbox --port 8025``, or in
+a thread with ``SandboxServer(...).start()``; drive it with ``SandboxControl``.
 """
 
 from alert_platform.local.sandbox.control import SandboxControl, SandboxControlError

@@ -1,11 +1,16 @@
-"""``python -m alert_platform.local.sandbox --host H --port P --token T [--seed FILE.json]``."""
+"""``python -m alert_platform.local.sandbox --host H --port P [--seed FILE.json]``.
+
+The bot token comes from ``$SLACK_BOT_TOKEN`` (default ``xoxb-local-sandbox``); ``--token``
+overrides it but shows the token to ``ps``: prefer the variable.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from alert_platform.local.sandbox.server import serve
+from alert_platform.local.sandbox.server import SANDBOX_TOKEN_ENV, serve
 from alert_platform.local.sandbox.state import DEFAULT_BURST, DEFAULT_PER_SECOND
 from alert_platform.settings import LOCAL_SLACK_TOKEN
 
@@ -18,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8025, help="port to bind (0: any free)")
-    parser.add_argument("--token", default=LOCAL_SLACK_TOKEN, help="the one valid bot token")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(SANDBOX_TOKEN_ENV) or LOCAL_SLACK_TOKEN,
+        help=f"the one valid bot token (default ${SANDBOX_TOKEN_ENV}, else {LOCAL_SLACK_TOKEN}; "
+        "the variable keeps it off the command line)",
+    )
     parser.add_argument("--seed", help="JSON file with users and channels to add")
     parser.add_argument(
         "--rate-per-second",

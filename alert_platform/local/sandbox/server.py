@@ -11,6 +11,12 @@ Control API (JSON in, JSON out):
   ``POST /_sandbox/token {"revoked"}``; ``POST /_sandbox/reset``;
   ``POST /_sandbox/users {"id", "email", "name"}``; ``POST /_sandbox/channels {"id", "name"}``
 
+The control API answers only requests whose ``Host`` header is a loopback name
+(``127.0.0.1``, ``localhost``, ``[::1]``, with or without a port; 403 otherwise), and its POSTs
+require ``Content-Type: application/json`` (415 otherwise): a web page a developer opens cannot
+reach it through DNS rebinding nor post a "simple" cross-site form or ``text/plain`` body to it.
+``/api/`` keeps Slack's behaviour (form-encoded or JSON bodies).
+
 Faults apply to ``/api/`` calls before authentication. ``500`` answers HTTP 500
 ``{"ok": false, "error": "internal_error"}``; ``429`` answers ``Retry-After: 1``. ``hang``
 with ``hang_mode`` ``"respond"`` (default) processes the call at once (a post *is* stored), holds
@@ -34,22 +40,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from alert_platform.local.sandbox.control_api import (
+    CONTROL_POSTS,
+    HOST_RULE,
+    JSON_RULE,
+    is_json_content_type,
+    is_loopback_host,
+)
 from alert_platform.local.sandbox.methods import SlackApi
 from alert_platform.local.sandbox.page import render_page
 from alert_platform.local.sandbox.state import (
     DEFAULT_BURST,
     DEFAULT_PER_SECOND,
-    FAULT_KINDS,
-    HANG_MODES,
-    Fault,
     SandboxState,
 )
 from alert_platform.settings import LOCAL_SLACK_TOKEN
 
+# `python -m alert_platform.local.sandbox` reads the bot token from this variable (the stack sets
+# it in the child's environment), so the token is never on a command line.
+SANDBOX_TOKEN_ENV = "SLACK_BOT_TOKEN"
 JSON_TYPE = "application/json; charset=utf-8"
 HTML_TYPE = "text/html; charset=utf-8"
 MAX_BODY = 16 * 1024 * 1024
-DEFAULT_HANG_SECONDS = 30.0
 
 
 class _BadRequest(Exception):
@@ -253,6 +265,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _control(self, verb: str, name: str, query: str, body: bytes) -> None:
         state = self.server.state
+        if not is_loopback_host(self.headers.get("Host")):
+            self._send_json(403, {"ok": False, "error": "forbidden_host", "detail": HOST_RULE})
+            return
         if verb == "GET":
             if name == "health":
                 self._send_json(200, {"ok": True})
@@ -270,9 +285,14 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send_json(404, {"ok": False, "error": "not_found"})
             return
-        handler = _CONTROL_POSTS.get(name)
+        handler = CONTROL_POSTS.get(name)
         if handler is None:
             self._send_json(404, {"ok": False, "error": "not_found"})
+            return
+        if not is_json_content_type(self.headers.get("Content-Type")):
+            self._send_json(
+                415, {"ok": False, "error": "unsupported_media_type", "detail": JSON_RULE}
+            )
             return
         try:
             data = json.loads(body) if body.strip() else {}
@@ -288,83 +308,6 @@ class _Handler(BaseHTTPRequestHandler):
         raw = dict(parse_qsl(query)).get("refresh", "2")
         refresh = int(raw) if raw.isdigit() else 2
         self._send(200, render_page(self.server.state, refresh_seconds=refresh).encode(), HTML_TYPE)
-
-
-# -- control API actions ---------------------------------------------------------------------
-
-
-def _post_faults(state: SandboxState, data: dict[str, Any]) -> dict[str, Any]:
-    count = int(data.get("count", 1))
-    kind = str(data.get("kind", "500"))
-    raw_hang = data.get("hang_seconds")
-    hang_seconds = DEFAULT_HANG_SECONDS if raw_hang is None else float(raw_hang)
-    hang_mode = str(data.get("hang_mode") or "respond")
-    methods = data.get("methods")
-    if count < 1:
-        raise ValueError("count must be at least 1")
-    if kind not in FAULT_KINDS:
-        raise ValueError(f"kind must be one of {FAULT_KINDS}, got {kind!r}")
-    if hang_mode not in HANG_MODES:
-        raise ValueError(f"hang_mode must be one of {HANG_MODES}, got {hang_mode!r}")
-    if hang_seconds < 0:
-        raise ValueError("hang_seconds must not be negative")
-    if isinstance(methods, str):
-        methods = [methods]
-    if methods is not None and not (
-        isinstance(methods, list) and all(isinstance(m, str) for m in methods)
-    ):
-        raise ValueError("methods must be a list of method names")
-    fault = Fault(
-        kind=kind,  # type: ignore[arg-type]
-        remaining=count,
-        hang_seconds=hang_seconds,
-        hang_mode=hang_mode,  # type: ignore[arg-type]
-        methods=frozenset(methods) if methods else None,
-    )
-    state.add_fault(fault)
-    return {"pending": state.pending_faults()}
-
-
-def _post_rate_limit(state: SandboxState, data: dict[str, Any]) -> dict[str, Any]:
-    per_second = data.get("per_second")
-    rate = float(per_second) if per_second else None
-    burst = int(data.get("burst") or state.limiter.burst)
-    if rate is not None and rate < 0:
-        raise ValueError("per_second must not be negative")
-    if burst < 1:
-        raise ValueError("burst must be at least 1")
-    state.set_rate_limit(rate, burst)
-    return {"per_second": rate, "burst": burst}
-
-
-def _post_token(state: SandboxState, data: dict[str, Any]) -> dict[str, Any]:
-    state.revoked = bool(data.get("revoked", True))
-    return {"revoked": state.revoked}
-
-
-def _post_reset(state: SandboxState, data: dict[str, Any]) -> dict[str, Any]:
-    state.reset()
-    return {}
-
-
-def _post_user(state: SandboxState, data: dict[str, Any]) -> dict[str, Any]:
-    user = state.add_user(str(data["id"]), str(data["email"]), str(data.get("name") or ""))
-    return {"user": user.to_slack()}
-
-
-def _post_channel(state: SandboxState, data: dict[str, Any]) -> dict[str, Any]:
-    channel = state.add_channel(str(data["id"]), str(data["name"]))
-    return {"channel": {"id": channel.id, "name": channel.name}}
-
-
-_CONTROL_POSTS = {
-    "faults": _post_faults,
-    "rate_limit": _post_rate_limit,
-    "token": _post_token,
-    "reset": _post_reset,
-    "users": _post_user,
-    "channels": _post_channel,
-}
 
 
 # -- running it ------------------------------------------------------------------------------
