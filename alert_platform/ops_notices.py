@@ -40,9 +40,8 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from sqlalchemy.engine import Connection
 
-from alert_platform.delivery.ledger import UTCDateTime
 from alert_platform.slack.client import without_retries
-from alert_platform.storage import make_engine
+from alert_platform.storage import UTCDateTime, make_engine
 
 POSTING = "posting"
 POSTED = "posted"

@@ -22,10 +22,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from alert_platform.delivery.ledger import DeliveryLedger, UTCDateTime
+from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.run_index import PROCESSED_RANGES, RunIndex
 from alert_platform.settings import Settings
-from alert_platform.storage import make_engine
+from alert_platform.storage import UTCDateTime, make_engine
 
 DEFAULT_BATCH_SIZE = 1_000
 SENDING = "sending"

@@ -1,4 +1,5 @@
-"""SQLAlchemy engines for the platform's own tables (delivery ledger, run index).
+"""SQLAlchemy engines for the platform's own tables (delivery ledger, outbox, run index, ops
+notices), the aware-UTC column type they share, and the in-process write lock of a SQLite file.
 
 SQLite by default (a file under the data dir), PostgreSQL for a shared deployment. SQLite runs in
 WAL mode and every transaction is ``BEGIN IMMEDIATE``, so check-then-write sequences from several
@@ -7,6 +8,11 @@ processes are serialised instead of failing on upgrade.
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +58,54 @@ def make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+# One lock per SQLite database file, shared by every ledger and outbox of
+# this process on that file.
+_SQLITE_LOCKS: dict[str, threading.Lock] = {}
+_SQLITE_LOCKS_GUARD = threading.Lock()
+
+
+def sqlite_write_lock(url: str) -> threading.Lock | None:
+    """The in-process lock of a SQLite file database (``None`` for in-memory ones)."""
+    database = make_url(url).database
+    if database in (None, "", ":memory:"):
+        return None
+    key = os.path.realpath(os.path.expanduser(database))
+    with _SQLITE_LOCKS_GUARD:
+        return _SQLITE_LOCKS.setdefault(key, threading.Lock())
+
+
+@contextmanager
+def locked_begin(engine: Engine, lock: threading.Lock | None) -> Iterator[Connection]:
+    """A transaction of ``engine``, behind ``lock`` when there is one (SQLite files): the
+    threads of one process then queue on the lock instead of sleeping in SQLite's busy
+    handler."""
+    if lock is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with lock, engine.begin() as conn:
+        yield conn
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite stores naive UTC text, sorted correctly)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use an aware (UTC) datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)

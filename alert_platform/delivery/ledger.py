@@ -65,11 +65,10 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -88,7 +87,7 @@ from alert_platform.delivery.ledger_schema import (
     upgrade,
 )
 from alert_platform.delivery.messages import OutboundMessage
-from alert_platform.storage import make_engine
+from alert_platform.storage import UTCDateTime, locked_begin, make_engine, sqlite_write_lock
 
 __all__ = ["DELIVERED", "FAILED_PERMANENT", "SENDING", "STALE", "STATES", "DeliveryLedger"]
 LOG = logging.getLogger("alert_platform.delivery.ledger")
@@ -111,20 +110,6 @@ _RENEWABLE = (FAILED_PERMANENT, STALE)
 # Keys per ``IN (...)`` list of a bulk read (SQLite allows 32,766 parameters since 3.32).
 _IN_CHUNK = 500
 
-# One lock per SQLite database file, shared by every ledger of this process on that file.
-_SQLITE_LOCKS: dict[str, threading.Lock] = {}
-_SQLITE_LOCKS_GUARD = threading.Lock()
-
-
-def _sqlite_write_lock(url: str) -> threading.Lock | None:
-    """The in-process lock of a SQLite file database (``None`` for in-memory ones)."""
-    database = make_url(url).database
-    if database in (None, "", ":memory:"):
-        return None
-    key = os.path.realpath(os.path.expanduser(database))
-    with _SQLITE_LOCKS_GUARD:
-        return _SQLITE_LOCKS.setdefault(key, threading.Lock())
-
 
 def _utc_session(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -138,28 +123,6 @@ class ClaimKind(enum.Enum):
     UNCERTAIN = "uncertain"
     DUPLICATE = "duplicate"
     IN_FLIGHT = "in_flight"
-
-
-class UTCDateTime(sa.types.TypeDecorator):
-    """Aware UTC datetimes on every backend (SQLite stores naive UTC text, sorted correctly)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the ledger; use an aware (UTC) datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -306,7 +269,7 @@ class DeliveryLedger:
         self.table = build_table(metadata, table_name, UTCDateTime)
         add_alert_id_index(self.table)
         self._lock_prefix = f"{schema or ''}.{table_name}:"
-        self._write_lock = _sqlite_write_lock(url) if self.dialect == "sqlite" else None
+        self._write_lock = sqlite_write_lock(url) if self.dialect == "sqlite" else None
         self._prepare_statements()
         if create:
             self.create_tables()
@@ -341,15 +304,9 @@ class DeliveryLedger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
+    def _begin(self) -> AbstractContextManager[Connection]:
         """A transaction; on SQLite behind this process's lock of the file (module docstring)."""
-        if self._write_lock is None:
-            with self.engine.begin() as conn:
-                yield conn
-            return
-        with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        return locked_begin(self.engine, self._write_lock)
 
     @property
     def single_writer(self) -> bool:

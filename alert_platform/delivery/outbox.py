@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,8 +31,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 
-from alert_platform.delivery.ledger import UTCDateTime, _sqlite_write_lock
-from alert_platform.storage import make_engine
+from alert_platform.storage import UTCDateTime, locked_begin, make_engine, sqlite_write_lock
 
 LOG = logging.getLogger("alert_platform.delivery.outbox")
 
@@ -84,7 +83,7 @@ class Outbox:
         )
         self._schema = schema
         self._write_lock: threading.Lock | None = (
-            _sqlite_write_lock(url) if self.dialect == "sqlite" else None
+            sqlite_write_lock(url) if self.dialect == "sqlite" else None
         )
         self._insert = self.table.insert()
         if create:
@@ -117,15 +116,9 @@ class Outbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
+    def _begin(self) -> AbstractContextManager[Connection]:
         """A transaction; on SQLite behind this process's lock of the file (as the ledger's)."""
-        if self._write_lock is None:
-            with self.engine.begin() as conn:
-                yield conn
-            return
-        with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        return locked_begin(self.engine, self._write_lock)
 
     def add(self, record: dict[str, Any], *, key: str | None = None) -> int:
         """Store one ``slack-responses`` record (committed when this returns); its row id.
