@@ -120,6 +120,11 @@ def make_event(rng: random.Random, org: str, when: datetime) -> bytes:
 MALFORMED = (b"not json", b"[1,2]", b'{"data": 3}', b'{"data": "{"}', b"\xff\xfe", None)
 
 
+# The workload is dated 2024-05-01, so its output stays byte-identical from day to day: runs over
+# it accept event times that far back (ALERT_EVENT_TIME_MAX_PAST_HOURS at its maximum, 10 years).
+WORKLOAD_MAX_PAST_HOURS = 87_600
+
+
 def make_workload(n: int, seed: int = SEED) -> tuple[list[SourceRecord], dict[str, LookupTable]]:
     """``n`` records of ``data-notifications-pipeline`` and the tables to enrich them with."""
     orgs, tables = make_tables(seed)

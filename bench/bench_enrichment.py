@@ -58,7 +58,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_engine import make_workload
+from bench_engine import WORKLOAD_MAX_PAST_HOURS, make_workload
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from host_cpu import busy_cpu_s, process_cpu_s
 
@@ -114,7 +114,9 @@ def _self_cpu_s() -> float:
 def fresh_broker(root: Path, name: str) -> Iterator[tuple[Settings, int]]:
     """A throw-away Tansu broker on a free port: (settings, broker pid)."""
     base = Settings().with_overrides(
-        kafka_profile="local", connector_console_url_template=CONSOLE_URL
+        kafka_profile="local",
+        connector_console_url_template=CONSOLE_URL,
+        event_time_max_past_hours=WORKLOAD_MAX_PAST_HOURS,
     )
     settings = free_port_settings(root / name, base)
     stack = LocalStack(settings, die_with_parent=True)

@@ -41,6 +41,7 @@ from alert_platform.tables.lookup import LookupTable
 from alert_platform.tables.specs import TABLE_SPECS
 from alert_platform.tables.topic_loader import refresh_snapshot
 from alert_platform.topics import TopicSpec
+from bench.bench_engine import WORKLOAD_MAX_PAST_HOURS
 
 REPO = Path(__file__).resolve().parents[2]
 CONSOLE_URL = "https://console.example/{org_id}/{env_id}/connectors/{connector_id}"
@@ -128,7 +129,9 @@ def write_tables_json(workload: Workload, path: Path) -> Path:
 
 def base_settings() -> Settings:
     return Settings().with_overrides(
-        kafka_profile="local", connector_console_url_template=CONSOLE_URL
+        kafka_profile="local",
+        connector_console_url_template=CONSOLE_URL,
+        event_time_max_past_hours=WORKLOAD_MAX_PAST_HOURS,
     )
 
 
@@ -361,6 +364,7 @@ def platform_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "ALERT_PLATFORM_KAFKA_PROFILE": "local",
         "ALERT_PLATFORM_DATA_DIR": str(data_dir.resolve()),
         "ALERT_PLATFORM_INLINE_DELIVERY": "false",
+        "ALERT_EVENT_TIME_MAX_PAST_HOURS": str(WORKLOAD_MAX_PAST_HOURS),
         "CONNECTOR_CONSOLE_URL_TEMPLATE": CONSOLE_URL,
         "ALERT_LEDGER_URL": "",
         "DAGSTER_HOME": str(home.resolve()),
