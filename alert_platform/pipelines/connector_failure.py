@@ -26,6 +26,7 @@ What is dead-lettered and what is merely dropped:
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -154,6 +155,33 @@ def could_be_provisioning(value: bytes) -> bool:
 # The filter: only connectors that failed while provisioning (parse compared the old status;
 # a C-level getter, so the filter costs no Python call per event).
 keep: Callable[[Parsed], bool] = itemgetter(2)
+
+
+def explain_filter(record: SourceRecord, parsed: Parsed) -> str:
+    """Why :data:`keep` dropped an event (for ``alert-platform explain``)."""
+    document, labels, _ = parsed
+    if not document:  # parse's shortcut: the text cannot spell 'Provisioning'; look closer
+        labels = _connector_labels(record.value)
+        if labels is None:
+            return "the event has no data.labels and never mentions 'Provisioning'"
+    if "connector_old_status" not in labels:
+        return "labels.connector_old_status is missing; only 'Provisioning' failures alert"
+    return (
+        f"labels.connector_old_status is {labels['connector_old_status']!r}, "
+        "not 'Provisioning' (only connectors that failed while provisioning alert)"
+    )
+
+
+def _connector_labels(value: bytes | None) -> dict[str, Any] | None:
+    """``data.labels`` of a value, looking into a ``data`` string (``None``: none found)."""
+    try:
+        data = json.loads(value or b"null").get("data")
+        if isinstance(data, str):
+            data = json.loads(data)
+        labels = data.get("labels")
+    except (ValueError, AttributeError):
+        return None
+    return labels if isinstance(labels, dict) else None
 
 
 def validate(record: SourceRecord, parsed: Parsed) -> dict[str, Any]:
@@ -374,4 +402,5 @@ CONNECTOR_FAILURE = PipelineSpec(
     route=ASSIGNEE_ROUTE,
     alert_id=ALERT_ID,
     make_renderer=make_renderer,
+    explain_filter=explain_filter,
 )

@@ -86,6 +86,12 @@ def keep(document: Mapping[str, Any]) -> bool:
     return document.get("type") == EVENT_TYPE
 
 
+def explain_filter(record: SourceRecord, document: Any) -> str:
+    """Why :func:`keep` dropped an event (for ``alert-platform explain``)."""
+    kind = document.get("type") if isinstance(document, Mapping) else None
+    return f"type is {kind!r}, not 'onboarding.started'"
+
+
 def _required(data: Mapping[str, Any], name: str) -> str:
     if name not in data:
         raise BadRecord(f"data.{name} missing")
@@ -240,6 +246,7 @@ ONBOARDING = PipelineSpec(
     route=ASSIGNEE_ROUTE,
     alert_id=ALERT_ID,
     make_renderer=make_renderer,
+    explain_filter=explain_filter,
     # The daily producer runs at 06:00 UTC for the previous day: its events are up to 30 h old
     # when they are delivered, and a rerun the next day must still post what was missed.
     max_alert_age=timedelta(hours=72),

@@ -161,6 +161,9 @@ class PipelineSpec:
     # The oldest alert live delivery still posts, when this pipeline's alerts are old by design
     # (a daily producer's events are up to a day and a half old); None: ALERT_MAX_AGE_HOURS.
     max_alert_age: timedelta | None = None
+    # For ``alert-platform explain`` only: why ``keep`` dropped an event, given the record and
+    # what ``parse`` returned; None: the first line of ``keep``'s docstring says it.
+    explain_filter: Callable[[SourceRecord, Any], str] | None = None
 
     def __post_init__(self) -> None:
         names = [join.as_ for join in self.joins]
