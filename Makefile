@@ -22,6 +22,7 @@ dev: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 # The fault and bad-input suite (tests/faults, also part of `make test`), then its results table.
@@ -31,6 +32,7 @@ fault-report: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[local,bench]'

@@ -12,7 +12,6 @@ notice. Inline delivery of a live run posts nothing older than the maximum alert
 too and counts them (``inline_stale_posted``).
 """
 
-import os
 from collections.abc import Mapping
 
 from dagster import (
@@ -31,6 +30,7 @@ from dagster import (
 from pydantic import Field
 
 from alert_platform import topics
+from alert_platform.alert_partitions import PARTITIONS_END_OFFSET, alert_partitions_start
 from alert_platform.backfill import backfill_pipeline, count_stale_posted
 from alert_platform.delivery.deliverer import DeliveryReport
 from alert_platform.delivery.runner import run_delivery
@@ -47,10 +47,10 @@ from assets.topics import topic_asset_key
 
 GROUP = "alerts"
 NO_RETENTION_GAPS = "no_retention_gaps"
-PARTITIONS_START = os.environ.get("ALERT_PLATFORM_PARTITIONS_START", "2026-11-01-00:00")
+PARTITIONS_START = alert_partitions_start()
 
 # end_offset=1: the current, still-open hour is a partition too (live runs are filed there).
-HOURLY = HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
+HOURLY = HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=PARTITIONS_END_OFFSET)
 
 
 class OffsetRangeConfig(Config):

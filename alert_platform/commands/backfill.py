@@ -12,7 +12,10 @@ given; ``--deliver`` then also posts what it produced (the delivery ledger keeps
 once, whoever delivers later), alerts older than the maximum alert age included (live delivery
 marks those ``stale``): the summary says how many of those it posted (``stale_posted``).
 
-Dagster is imported lazily, inside the functions that talk to an instance.
+Only Dagster's public surface is used: the backfill goes through the GraphQL
+``launchPartitionBackfill`` mutation (what the UI sends), executed by the ``dagster-graphql``
+tool against the instance, and the partitions come from :mod:`alert_platform.alert_partitions`,
+not from ``assets``. Dagster is imported lazily, inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -20,19 +23,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import uuid
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alert_platform.cli import CommandError, add_data_dir_argument, load_settings
+from alert_platform.commands.common import CommandError, add_data_dir_argument, load_settings
 from alert_platform.settings import Settings
+
+if TYPE_CHECKING:
+    from dagster import HourlyPartitionsDefinition
 
 BACKFILL_TAG = "alert-platform/backfill"
 WINDOW_TAG = "alert-platform/window"
+# The code location the backfill targets, loaded by dagster-graphql (never imported here).
+DEFINITIONS_MODULE = "alert_platform.definitions"
 
 
 def _instant(text: str) -> datetime:
@@ -70,30 +79,48 @@ def resolve_dagster_home(settings: Settings, explicit: Path | None) -> Path | No
     return candidate if (candidate / "dagster.yaml").is_file() else None
 
 
-@contextmanager
-def _quiet_dagster() -> Iterator[None]:
-    """Loading the definitions warns about beta parameters; not news to a CLI user."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is currently in beta")
-        yield
+def alert_partitions() -> HourlyPartitionsDefinition:
+    """The hourly partitions of the alert assets, built as ``assets.alerts`` builds them."""
+    from dagster import HourlyPartitionsDefinition
+
+    from alert_platform.alert_partitions import PARTITIONS_END_OFFSET, alert_partitions_start
+
+    return HourlyPartitionsDefinition(
+        start_date=alert_partitions_start(), end_offset=PARTITIONS_END_OFFSET
+    )
 
 
 def check_partition_keys(keys: Sequence[str]) -> None:
     """Every key must be a partition of the alert assets (from the first partition up to the
     current, still-open hour)."""
-    with _quiet_dagster():
-        from assets.alerts import HOURLY, PARTITIONS_START
+    from alert_platform.alert_partitions import alert_partitions_start
 
-    valid = HOURLY.get_partition_keys()
+    valid = alert_partitions().get_partition_keys()
     known = set(valid)
     missing = [key for key in keys if key not in known]
     if missing:
         span = f"{valid[0]} .. {valid[-1]}" if valid else "none yet"
         raise CommandError(
             f"{len(missing)} hour(s) are not partitions of the alert assets (first partition "
-            f"{PARTITIONS_START}, last = the current hour; valid now: {span}): "
+            f"{alert_partitions_start()}, last = the current hour; valid now: {span}): "
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
+
+
+# The UI's "Launch backfill" mutation; dagster-graphql runs it against the instance in process.
+LAUNCH_BACKFILL_MUTATION = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on Error { message }
+  }
+}
+"""
+# Dagster's limit on backfill titles (longer ones, or with % * ", are refused).
+_TITLE_MAX = 100
+_TITLE_REFUSED = frozenset('%*"')
 
 
 def submit_asset_backfill(
@@ -104,39 +131,62 @@ def submit_asset_backfill(
     title: str | None = None,
     description: str | None = None,
     tags: dict[str, str] | None = None,
+    timeout_s: float = 300.0,
 ) -> tuple[str, bool | None]:
     """Add an asset backfill of ``assets`` over ``keys`` to the instance in ``dagster_home``,
-    as the UI's "Launch backfill" does; ``(backfill id, backfill daemon healthy?)``."""
-    from dagster import AssetKey, DagsterInstance
-    from dagster._core.definitions.utils import is_valid_title
-    from dagster._core.execution.backfill import PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
-    from dagster._time import get_current_timestamp
-
-    with _quiet_dagster():
-        from alert_platform.definitions import defs
+    as the UI's "Launch backfill" does (GraphQL ``launchPartitionBackfill``, executed by the
+    ``dagster-graphql`` tool on the platform's definitions); ``(backfill id, backfill daemon
+    healthy?)``."""
+    from dagster import DagsterInstance
 
     if not (dagster_home / "dagster.yaml").is_file():
         raise CommandError(
             f"no Dagster instance at {dagster_home} (no dagster.yaml): start `make dev`, or "
             "set DAGSTER_HOME / --dagster-home to the instance the daemon uses"
         )
+    valid_title = title and len(title) <= _TITLE_MAX and not _TITLE_REFUSED & set(title)
+    params: dict[str, Any] = {
+        "assetSelection": [{"path": [name]} for name in assets],
+        "partitionNames": list(keys),
+        "tags": [{"key": key, "value": value} for key, value in (tags or {}).items()],
+        "title": title if valid_title else None,
+        "description": description,
+    }
+    answer = _run_graphql(dagster_home, LAUNCH_BACKFILL_MUTATION, {"params": params}, timeout_s)
+    result = (answer.get("data") or {}).get("launchPartitionBackfill") or {}
+    if result.get("__typename") != "LaunchBackfillSuccess":
+        errors = [e.get("message", "") for e in answer.get("errors") or []]
+        reason = result.get("message") or "; ".join(errors) or json.dumps(answer)[:500]
+        raise CommandError(f"Dagster refused the backfill: {reason}")
     with DagsterInstance.from_config(str(dagster_home)) as instance:
-        backfill = PartitionBackfill.from_asset_partitions(
-            backfill_id=make_new_backfill_id(),
-            asset_graph=defs.resolve_asset_graph(),
-            partition_names=list(keys),
-            asset_selection=[AssetKey(name) for name in assets],
-            backfill_timestamp=get_current_timestamp(),
-            tags=dict(tags or {}),
-            dynamic_partitions_store=instance,
-            all_partitions=False,
-            title=title if title and is_valid_title(title) else None,
-            description=description,
-            run_config=None,  # no `ranges`: each run re-derives its partitions' window
-        )
-        instance.add_backfill(backfill)
-        return backfill.backfill_id, _backfill_daemon_healthy(instance)
+        return result["backfillId"], _backfill_daemon_healthy(instance)
+
+
+def _run_graphql(
+    dagster_home: Path, query: str, variables: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
+    """``dagster-graphql`` on ``alert_platform.definitions`` with DAGSTER_HOME=``dagster_home``:
+    the response as a dict."""
+    tool = Path(sys.executable).with_name("dagster-graphql")
+    if not tool.exists():
+        raise CommandError(f"dagster-graphql is not installed beside {sys.executable}")
+    with tempfile.TemporaryDirectory(prefix="alert-platform-backfill-") as scratch:
+        output = Path(scratch) / "response.json"
+        command = [str(tool), "-m", DEFINITIONS_MODULE, "-t", query]
+        command += ["-v", json.dumps(variables), "-o", str(output)]
+        env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+        try:
+            done = subprocess.run(
+                command, env=env, capture_output=True, text=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(f"dagster-graphql did not answer in {timeout_s:g} s") from exc
+        if done.returncode != 0 or not output.is_file():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            raise CommandError(
+                f"dagster-graphql failed (exit {done.returncode}): " + " | ".join(tail)
+            )
+        return json.loads(output.read_text())
 
 
 def _backfill_daemon_healthy(instance: Any) -> bool | None:

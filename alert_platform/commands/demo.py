@@ -8,7 +8,8 @@ import random
 from datetime import UTC, datetime
 
 from alert_platform import topics
-from alert_platform.cli import _require_broker, load_settings
+from alert_platform.commands.common import load_settings
+from alert_platform.kafka.reachability import require_broker
 from alert_platform.kafka.writer import BatchProducer
 
 
@@ -30,7 +31,7 @@ def _events(args: argparse.Namespace) -> int:
             event["data"] = event["data"].replace('"Running"', '"Provisioning"')
         events.append((org_id, event))
     settings = load_settings(args)
-    _require_broker(settings)  # fail fast, naming KAFKA_BOOTSTRAP_SERVERS, instead of timing out
+    require_broker(settings)  # fail fast, naming KAFKA_BOOTSTRAP_SERVERS, instead of timing out
     produced = produce_events(settings, events)
     print(f"Produced {produced} connector events to data-notifications-pipeline.")
     return 0
@@ -43,7 +44,7 @@ def _hostile(args: argparse.Namespace) -> int:
     from alert_platform.local.hostile import hostile_cases, hostile_lookups, normal_cases
 
     settings = load_settings(args)
-    _require_broker(settings)
+    require_broker(settings)
     tag = args.tag or f"h{int(time.time())}"
     member = slack_workspace()["users"][0]
     lookups = hostile_lookups(tag, member["email"], member["id"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from alert_platform.cli import add_data_dir_argument, load_settings
+from alert_platform.commands.common import add_data_dir_argument, load_settings
 
 
 def _handle(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from alert_platform.cli import CommandError, add_data_dir_argument, load_settings
+from alert_platform.commands.common import CommandError, add_data_dir_argument, load_settings
 
 
 def _run_ids(payload: dict[str, Any]) -> set[str]:

@@ -194,8 +194,8 @@ def _print_banner(settings: Settings, dagster_home: Path) -> None:
 
 def run_dev(settings: Settings, *, demo_events: int = 20, ui_timeout_s: float = 180.0) -> int:
     """Start the stack, create topics, seed demo data, run Dagster until interrupted."""
-    from alert_platform.cli import _require_broker
     from alert_platform.kafka.admin import create_topics
+    from alert_platform.kafka.reachability import require_broker
     from alert_platform.local.bigquery_seed import seed_warehouse
     from alert_platform.local.demo import build_demo_data, produce_events, produce_lookup_tables
     from alert_platform.local.stack import LocalStack
@@ -212,7 +212,7 @@ def run_dev(settings: Settings, *, demo_events: int = 20, ui_timeout_s: float = 
         print("Starting the local stack (Kafka, BigQuery emulator, Slack sandbox)...", flush=True)
         stack.up()
         # KAFKA_BOOTSTRAP_SERVERS may name another (non-local) broker: fail fast if it is down.
-        _require_broker(settings)
+        require_broker(settings)
         created = create_topics(settings)
         print(f"Topics ready ({len(created)} created).", flush=True)
         seeded = seed_warehouse(settings)
