@@ -39,4 +39,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .alert-platform .pytest_cache
+	rm -rf $(VENV) .alert-platform .pytest_cache .import_linter_cache
