@@ -14,7 +14,6 @@ a real ledger (SQLite, and PostgreSQL for the clocks); counts measured from the 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -35,12 +34,10 @@ from alert_platform.settings import Settings
 from alert_platform.slack.client import make_web_client
 from tests.faults.results import record, tally
 from tests.integration.flow_helpers import topic_records
+from tests.postgres import PG_URL, postgres_engine
 
 pytestmark = pytest.mark.integration
 
-PG_URL = os.environ.get(
-    "ALERT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 WINDOW = timedelta(hours=24)
 MAX_AGE = timedelta(hours=24)
 GOOD = 60
@@ -118,12 +115,7 @@ def channels(sandbox: SandboxControl) -> list[str]:
 
 @pytest.fixture
 def pg_ledger() -> Iterator[DeliveryLedger]:
-    engine = sa.create_engine(PG_URL)
-    try:
-        engine.connect().close()
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        pytest.fail(f"PostgreSQL not reachable at {PG_URL}: {exc.orig}")
+    engine = postgres_engine()
     schema = f"ledger_faults_{uuid.uuid4().hex[:10]}"
     ledger = DeliveryLedger(PG_URL, schema=schema, table_name="delivery_ledger")
     yield ledger

@@ -2,7 +2,6 @@
 on the local PostgreSQL (in a schema of its own, selected by ``search_path``), a failing Dagster
 run with range tags, and the run-failure sensor evaluated on it."""
 
-import os
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,10 +19,7 @@ from dagster import (
 )
 
 from alert_platform.local.sandbox.control import SandboxControl
-
-PG_URL = os.environ.get(
-    "ALERT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
+from tests.postgres import PG_URL
 
 
 @pytest.fixture(name="state_db_url", params=["sqlite", "postgres"])

@@ -38,12 +38,10 @@ from alert_platform.local.sandbox import SandboxControl
 from alert_platform.local.sandbox.state import DEFAULT_BURST, DEFAULT_PER_SECOND
 from alert_platform.settings import Settings
 from alert_platform.slack.client import make_web_client
+from tests.postgres import PG_URL, postgres_engine
 
 pytestmark = pytest.mark.integration
 
-PG_URL = os.environ.get(
-    "ALERT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 REPO = Path(__file__).resolve().parents[2]
 RESPONSE_KEYS = {"response_id", "outcome", "alert_id", "dedup_key", "event_time", "ok",
                  "channel", "ts", "error", "attempts", "slack_date", "delivered_at"}  # fmt: skip
@@ -79,12 +77,7 @@ def channels(sandbox: SandboxControl) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pg_schema() -> Iterator[str]:
-    engine = sa.create_engine(PG_URL)
-    try:
-        engine.connect().close()
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        pytest.fail(f"PostgreSQL not reachable at {PG_URL}: {exc.orig}")
+    engine = postgres_engine()
     schema = f"delivery_test_{uuid.uuid4().hex[:12]}"
     yield schema
     with engine.begin() as conn:

@@ -8,7 +8,6 @@ A private broker with the real topics and the session Slack sandbox (``flow_sett
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -38,12 +37,9 @@ from tests.integration.delivery_runner_helpers import (
     responses,
 )
 from tests.integration.flow_helpers import read_topic
+from tests.postgres import PG_URL, postgres_engine
 
 pytestmark = pytest.mark.integration
-
-PG_URL = os.environ.get(
-    "ALERT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 
 
 @pytest.fixture
@@ -72,12 +68,7 @@ def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outbox]:
         yield opened
         opened.close()
         return
-    engine = sa.create_engine(PG_URL)
-    try:
-        engine.connect().close()
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        pytest.fail(f"PostgreSQL not reachable at {PG_URL}: {exc.orig}")
+    engine = postgres_engine()
     schema = f"outbox_test_{uuid.uuid4().hex[:12]}"
     opened = Outbox(PG_URL, schema=schema, table_name=table)
     yield opened

@@ -8,7 +8,6 @@ fails the PostgreSQL tests (it runs on every machine here), it does not skip the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -34,12 +33,10 @@ from alert_platform.delivery.ledger import (
     UTCDateTime,
 )
 from alert_platform.delivery.messages import OutboundMessage
+from tests.postgres import PG_URL, postgres_engine
 
 pytestmark = pytest.mark.integration
 
-PG_URL = os.environ.get(
-    "ALERT_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(hours=24)
@@ -62,12 +59,7 @@ class LedgerSpec:
 
 @pytest.fixture(scope="module")
 def pg_schema() -> Iterator[str]:
-    engine = sa.create_engine(PG_URL)
-    try:
-        engine.connect().close()
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        pytest.fail(f"PostgreSQL not reachable at {PG_URL}: {exc.orig}")
+    engine = postgres_engine()
     schema = f"ledger_test_{uuid.uuid4().hex[:12]}"
     yield schema
     with engine.begin() as conn:
