@@ -6,16 +6,14 @@ alert assets, the ``backfill`` command); the core never imports Dagster.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from alert_platform.settings import Settings
 
-PARTITIONS_START_VARIABLE = "ALERT_PLATFORM_PARTITIONS_START"
-DEFAULT_PARTITIONS_START = "2026-11-01-00:00"
+PARTITIONS_START_VARIABLE = "ALERT_PLATFORM_PARTITIONS_START"  # Settings.partitions_start
+DEFAULT_PARTITIONS_START: str = Settings.model_fields["partitions_start"].default
 # The current, still-open hour is a partition too (live runs are filed there).
 PARTITIONS_END_OFFSET = 1
 
 
-def alert_partitions_start(env: Mapping[str, str] | None = None) -> str:
+def alert_partitions_start(settings: Settings | None = None) -> str:
     """The first hourly partition key (``ALERT_PLATFORM_PARTITIONS_START``, else the default)."""
-    env = os.environ if env is None else env
-    return env.get(PARTITIONS_START_VARIABLE, DEFAULT_PARTITIONS_START)
+    return (settings or Settings.from_env()).partitions_start

@@ -19,12 +19,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from alert_platform.kafka.clients import make_consumer
+from alert_platform.kafka.clients import make_admin, make_consumer
 from alert_platform.kafka.offsets import (
     OffsetRange,
-    low_watermarks,
     offsets_for_times_is_reliable,
-    probe_end_offsets,
+    probe_watermarks,
 )
 from alert_platform.pipelines.runner import EnrichmentReport, run_enrichment
 from alert_platform.pipelines.spec import PipelineSpec
@@ -68,15 +67,14 @@ def locate_window(
     """Offset ranges that may hold records of ``topic`` timestamped in ``[start_ms, end_ms)``,
     and how they were found (``offsets_for_times`` or ``run_index``)."""
     consumer = make_consumer(settings)
+    admin = make_admin(settings)
     try:
-        ends = probe_end_offsets(consumer, topic)
-        lows = low_watermarks(consumer, topic, list(ends))
-        partitions = sorted(ends)
-        if offsets_for_times_is_reliable(consumer, topic, partitions):
+        bounds = probe_watermarks(consumer, topic, admin=admin)  # (low, true end)
+        ends = {p: end for p, (_low, end) in bounds.items()}
+        if offsets_for_times_is_reliable(consumer, topic, sorted(ends)):
             return _by_timestamps(consumer, topic, start_ms, end_ms, ends), "offsets_for_times"
     finally:
         consumer.close()
-    bounds = {p: (lows.get(p, 0), ends[p]) for p in partitions}
     return index.ranges_for_window(topic, start_ms, end_ms, bounds), "run_index"
 
 

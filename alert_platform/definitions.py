@@ -1,11 +1,13 @@
 """The Dagster definitions of alert-platform: the one module that wires assets/ and sensors/.
 
-Lineage: Kafka topics -> lookup tables -> <pipeline>_alerts -> slack-messages -> Slack
-deliveries -> slack-responses. Every deployment is configured by environment variables (see
-README "Configuration"); the Slack token is always ``EnvVar("SLACK_BOT_TOKEN")``.
+Lineage: Kafka topics -> lookup tables -> <pipeline>_alerts -> <pipeline>_deliveries (the
+run's own, inline) and slack-messages -> slack_deliveries (the catch-up) -> slack-responses.
+Every deployment is configured by environment variables (see README "Configuration"); the
+Slack token is always ``EnvVar("SLACK_BOT_TOKEN")``.
 """
 
 from dagster import (
+    AssetKey,
     AssetSelection,
     Definitions,
     EnvVar,
@@ -16,7 +18,7 @@ from dagster import (
 from alert_platform import topics
 from alert_platform.delivery.runner import ranges_already_delivered
 from alert_platform.pipelines.registry import PIPELINES
-from assets.alerts import ALERT_ASSETS, alerts_asset_name
+from assets.alerts import ALERT_ASSETS, alerts_asset_name, deliveries_asset_name
 from assets.deliveries import slack_deliveries
 from assets.lookup_tables import TABLE_ASSETS, TABLE_CHECKS
 from assets.maintenance import (
@@ -30,15 +32,26 @@ from assets.onboarding import (
     onboarding_started_events,
     warehouse_accounts,
 )
-from assets.resources import PlatformResource, SlackDeliveryResource
+from assets.resources import (
+    BigQueryClientResource,
+    DeliveryLedgerResource,
+    KafkaProducerResource,
+    PlatformResource,
+    SlackDeliveryResource,
+)
 from assets.topics import topic_asset_key, topic_spec
 from sensors.run_failure import ops_run_failure_to_slack, ops_run_success_resolves
 from sensors.tables import LOOKUP_TABLES_JOB, make_table_refresh_sensor
 from sensors.topic_tail import make_topic_tail_sensor
 
 SLACK_DELIVERY_JOB = "slack_delivery_job"
+PLATFORM = PlatformResource()
 
-alert_keys = [asset.key for asset in ALERT_ASSETS.values()]
+alert_keys = [AssetKey(alerts_asset_name(spec)) for spec in PIPELINES.values()]
+delivery_keys = [
+    slack_deliveries.key,
+    *(AssetKey(deliveries_asset_name(spec)) for spec in PIPELINES.values()),
+]
 # Source topics written by an asset of ours: drawn as that asset's downstream.
 topic_writers = {topics.ONBOARDING_EVENTS: [onboarding_started_events.key]}
 source_topics = dict.fromkeys([*(spec.source_topic for spec in PIPELINES.values()), *topic_writers])
@@ -49,15 +62,18 @@ topic_assets = [
     topic_spec(topics.SLACK_USERS),
     topic_spec(topics.SLACK_MESSAGES, deps=alert_keys),
     topic_spec(topics.ALERTS_DLQ, deps=alert_keys),
-    topic_spec(topics.SLACK_RESPONSES, deps=[slack_deliveries.key]),
-    topic_spec(topics.SLACK_MESSAGES_DLQ, deps=[slack_deliveries.key]),
+    topic_spec(topics.SLACK_RESPONSES, deps=delivery_keys),
+    topic_spec(topics.SLACK_MESSAGES_DLQ, deps=delivery_keys),
 ]
 
 alert_jobs = [
     define_asset_job(
         f"{name}_alerts_job",
         selection=AssetSelection.assets(ALERT_ASSETS[name]),
-        description=f"Enrich `{spec.source_topic}` with pipeline `{name}` into `slack-messages`.",
+        description=(
+            f"Enrich `{spec.source_topic}` with pipeline `{name}` into `slack-messages`, and "
+            "deliver the alerts inline unless ALERT_PLATFORM_INLINE_DELIVERY=false."
+        ),
     )
     for name, spec in PIPELINES.items()
 ]
@@ -84,7 +100,8 @@ delivery_sensor = make_topic_tail_sensor(
     needs_no_run=ranges_already_delivered,
     description=(
         "Delivers `slack-messages` ranges that enrichment runs did not deliver inline (and all "
-        "of them with ALERT_PLATFORM_INLINE_DELIVERY=false); skips ranges already delivered."
+        "of them with ALERT_PLATFORM_INLINE_DELIVERY=false); skips the ranges the ledger "
+        "database records as handled (no Kafka read in the tick)."
     ),
 )
 
@@ -116,8 +133,11 @@ defs = Definitions(
         ops_run_success_resolves,
     ],
     resources={
-        "platform": PlatformResource(),
+        "platform": PLATFORM,
         "slack": SlackDeliveryResource(token=EnvVar("SLACK_BOT_TOKEN")),
+        "kafka": KafkaProducerResource(platform=PLATFORM),
+        "ledger": DeliveryLedgerResource(platform=PLATFORM),
+        "bigquery": BigQueryClientResource(platform=PLATFORM),
     },
     executor=in_process_executor,
 )

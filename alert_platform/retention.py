@@ -1,4 +1,5 @@
-"""Retention of the platform's own state: ledger, run-index and outbox rows past their use.
+"""Retention of the platform's own state: ledger, run-index, outbox and handled-range rows
+past their use.
 
 A ledger row matters while an event within the de-duplication window of it can still arrive;
 the run index narrows backfills, which scan unrecorded offsets anyway. Rows whose event time
@@ -22,7 +23,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from alert_platform.delivery.handled_ranges import HandledRanges
 from alert_platform.delivery.ledger import DeliveryLedger
+from alert_platform.delivery.written_alerts import WrittenAlerts
 from alert_platform.run_index import PROCESSED_RANGES, RunIndex
 from alert_platform.settings import Settings
 from alert_platform.storage import UTCDateTime, make_engine
@@ -117,6 +120,7 @@ class PruneReport:
     ledger: int = 0
     run_index: int = 0
     outbox: int | None = None
+    handled_ranges: int = 0
     batches: int = 0
     longest_batch_s: float = 0.0
     seconds: float = 0.0
@@ -227,6 +231,14 @@ def _prune_outbox(url: str, before: datetime, batch_size: int) -> int | None:
             close()
 
 
+def _prune_handled_ranges(url: str, before: datetime, batch_size: int) -> int:
+    """The delivery sensor's handled ranges (and written alerts) recorded before ``before`` (a
+    pruned one only gets a catch-up run again, which the ledger turns into duplicates)."""
+    with HandledRanges(url) as handled, WrittenAlerts(url) as written:
+        written.prune(before, batch_size=batch_size)
+        return handled.prune(before, batch_size=batch_size)
+
+
 def prune_state(
     settings: Settings,
     *,
@@ -234,7 +246,8 @@ def prune_state(
     batch_size: int = DEFAULT_BATCH_SIZE,
     ledger: DeliveryLedger | None = None,
 ) -> PruneReport:
-    """Prune ledger, run-index and outbox rows past ``retention_cutoff`` and write it down."""
+    """Prune ledger, run-index, outbox and handled-range rows past ``retention_cutoff`` and
+    write it down."""
     started = time.monotonic()
     url = settings.effective_ledger_url
     before = retention_cutoff(settings, now)
@@ -254,6 +267,7 @@ def prune_state(
             report.notes.append("no responses outbox in this version: nothing to prune there")
         else:
             log.record(OUTBOX, before, datetime.now(UTC), report.outbox)
+        report.handled_ranges = _prune_handled_ranges(url, before, batch_size)
     finally:
         log.close()
         index.close()

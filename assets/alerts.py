@@ -1,56 +1,69 @@
-"""Alert assets: one per pipeline spec, hourly-partitioned by source-event time.
+"""Alert assets: one multi-asset per pipeline spec, hourly-partitioned by source-event time.
 
-A run either reads the exact offset ranges a tail sensor handed it (live), or, with no ranges
-(a backfill launched from the UI or the CLI), re-derives every alert of its partitions' time
-window. Either way its output is the records it produced to ``slack-messages``.
+Each materializes ``<pipeline>_alerts`` (the records it produced to ``slack-messages``) and,
+when it delivers them itself, ``<pipeline>_deliveries`` (what Slack received from the run, with
+its ``no_permanent_failures`` check): lineage topic -> tables -> alerts -> deliveries. A run
+either reads the exact offset ranges a tail sensor handed it (live), or, with no ranges (a
+backfill launched from the UI or the CLI), re-derives every alert of its partitions' time
+window.
 
 Offsets that retention deleted before they were read (handed over by the sensor in ``lost``, or
 found by the reader) do not fail the run: they are counted (metadata ``lost_offsets`` and
 ``lost_ranges``), turn the asset check ``no_retention_gaps`` red, and each gap posts one ops
 notice. Inline delivery of a live run posts nothing older than the maximum alert age (outcome
-``stale``); a backfill run always delivers inline (also with inline delivery off), posts those
-too and counts them (``inline_stale_posted``).
+``stale``); a live run with ALERT_PLATFORM_INLINE_DELIVERY off skips the deliveries output
+(the ``slack_deliveries`` catch-up delivers); a backfill run always delivers inline, posts the
+stale alerts too and counts them (``stale_posted`` on the deliveries materialization).
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterator
 
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     AssetsDefinition,
+    AssetSpec,
     BackfillPolicy,
     Config,
-    HourlyPartitionsDefinition,
+    Failure,
     MaterializeResult,
     MetadataValue,
-    asset,
+    multi_asset,
 )
 from pydantic import Field
 
-from alert_platform import topics
-from alert_platform.alert_partitions import PARTITIONS_END_OFFSET, alert_partitions_start
-from alert_platform.backfill import backfill_pipeline, count_stale_posted
-from alert_platform.delivery.deliverer import DeliveryReport
-from alert_platform.delivery.runner import run_delivery
+from alert_platform.alert_partitions import alert_partitions_start
+from alert_platform.backfill import backfill_pipeline
+from alert_platform.delivery.runner import record_written
 from alert_platform.kafka.offsets import OffsetRange
 from alert_platform.pipelines.registry import PIPELINES
 from alert_platform.pipelines.runner import EnrichmentReport, run_enrichment
 from alert_platform.pipelines.spec import PipelineSpec
 from alert_platform.retention_gaps import notify_gaps
 from alert_platform.run_index import RunIndex
-from alert_platform.settings import Settings
+from assets.delivery_results import NO_PERMANENT_FAILURES, deliver_inline, no_permanent_failures
 from assets.lookup_tables import table_asset_key
-from assets.resources import PlatformResource, SlackDeliveryResource
+from assets.partitions import ALERT_PARTITIONS
+from assets.resources import (
+    DeliveryLedgerResource,
+    KafkaProducerResource,
+    PlatformResource,
+    SlackDeliveryResource,
+)
 from assets.topics import topic_asset_key
 
 GROUP = "alerts"
 NO_RETENTION_GAPS = "no_retention_gaps"
 PARTITIONS_START = alert_partitions_start()
+# With inline delivery off, a live run that wrote at most this many alerts records which alerts
+# went where (the delivery sensor then tells from the ledger which ranges need no run).
+KEEP_MESSAGES = 2_000
 
 # end_offset=1: the current, still-open hour is a partition too (live runs are filed there).
-HOURLY = HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=PARTITIONS_END_OFFSET)
+HOURLY = ALERT_PARTITIONS
 
 
 class OffsetRangeConfig(Config):
@@ -76,7 +89,13 @@ class AlertRunConfig(Config):
 
 
 def alerts_asset_name(spec: PipelineSpec) -> str:
+    """The alerts asset's name, also the op name of the pipeline's multi-asset (run config)."""
     return f"{spec.name}_alerts"
+
+
+def deliveries_asset_name(spec: PipelineSpec) -> str:
+    """The asset of what the pipeline's runs delivered inline."""
+    return f"{spec.name}_deliveries"
 
 
 def _metadata(report: EnrichmentReport) -> dict[str, object]:
@@ -90,64 +109,10 @@ def _metadata(report: EnrichmentReport) -> dict[str, object]:
     }
 
 
-def _deliver_inline(
-    context: AssetExecutionContext,
-    settings: Settings,
-    slack: SlackDeliveryResource,
-    report: EnrichmentReport,
-    *,
-    allow_stale: bool = False,
-) -> dict[str, object]:
-    """Post the alerts this run just wrote, saving a sensor hop of latency.
-
-    Exactly once all the same (the delivery ledger); whatever fails here is delivered by the
-    ``slack_delivery_tail`` sensor, which skips ranges already delivered. ``allow_stale``
-    (backfill runs only) posts alerts older than the maximum alert age too.
-    """
-    written = [r for r in report.written if r.topic == topics.SLACK_MESSAGES]
-    if not written:
-        return {}
-    try:
-        delivery = run_delivery(
-            settings,
-            slack.get_client(),
-            written,
-            owner=context.run.run_id,
-            allow_stale=allow_stale,
-        )
-    except Exception as exc:
-        context.log.warning(f"inline delivery incomplete, the delivery sensor finishes it: {exc}")
-        partial = getattr(exc, "report", None)  # the deliverer's errors carry what happened
-        retries = partial.retries if isinstance(partial, DeliveryReport) else {}
-        return {
-            "inline_delivery": "incomplete",
-            "inline_delivery_error": str(exc)[:500],
-            **_inline_retries(retries),
-        }
-    summary = delivery.delivery.summary() if delivery.delivery else {}
-    figures = {k: v for k, v in summary.items() if isinstance(v, int) and v}
-    extra: dict[str, object] = {}
-    if allow_stale:
-        try:
-            extra["inline_stale_posted"] = count_stale_posted(settings, written, delivery.delivery)
-        except Exception as exc:  # a count for the summary must not fail a delivered run
-            context.log.warning(f"cannot count the stale alerts posted: {exc}")
-    return {
-        "inline_delivery": "done",
-        **{f"inline_{k}": v for k, v in figures.items()},
-        **_inline_retries(summary.get("retries") or {}),
-        **extra,
-    }
-
-
-def _inline_retries(retries: Mapping[str, int]) -> dict[str, object]:
-    """Slack retries by cause (``rate_limited``, ``server_error``, ``timeout``, ...)."""
-    return {f"inline_retries_{cause}": n for cause, n in retries.items() if n}
-
-
-def _gap_check(report: EnrichmentReport) -> AssetCheckResult:
+def _gap_check(report: EnrichmentReport, asset_key: AssetKey) -> AssetCheckResult:
     return AssetCheckResult(
         check_name=NO_RETENTION_GAPS,
+        asset_key=asset_key,
         passed=not report.lost_offsets,
         severity=AssetCheckSeverity.ERROR,
         description=(
@@ -163,24 +128,51 @@ def _gap_check(report: EnrichmentReport) -> AssetCheckResult:
 
 
 def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:
-    """The asset that turns ``spec.source_topic`` records into ``slack-messages`` alerts."""
+    """The multi-asset that turns ``spec.source_topic`` records into ``slack-messages`` alerts
+    (``<pipeline>_alerts``) and delivers them (``<pipeline>_deliveries``, skippable)."""
     tables = dict.fromkeys(join.table for join in spec.joins)
+    alerts_key = AssetKey(alerts_asset_name(spec))
+    deliveries_key = AssetKey(deliveries_asset_name(spec))
 
-    @asset(
+    @multi_asset(
         name=alerts_asset_name(spec),
         partitions_def=HOURLY,
         backfill_policy=BackfillPolicy.single_run(),
-        deps=[topic_asset_key(spec.source_topic), *(table_asset_key(t) for t in tables)],
-        group_name=GROUP,
-        kinds={"kafka", "python"},
-        description=spec.description or f"Alerts of pipeline `{spec.name}`.",
+        can_subset=True,  # the deliveries output (and its check) may be skipped
+        specs=[
+            AssetSpec(
+                alerts_key,
+                deps=[topic_asset_key(spec.source_topic), *(table_asset_key(t) for t in tables)],
+                group_name=GROUP,
+                kinds={"kafka", "python"},
+                description=spec.description or f"Alerts of pipeline `{spec.name}`.",
+            ),
+            AssetSpec(
+                deliveries_key,
+                deps=[alerts_key],
+                group_name="delivery",
+                kinds={"slack"},
+                skippable=True,
+                description=(
+                    f"The alerts of `{spec.name}` runs posted to Slack by the run itself "
+                    "(inline delivery), each exactly once (delivery ledger); not materialized "
+                    "by a live run with ALERT_PLATFORM_INLINE_DELIVERY=false (then "
+                    "`slack_deliveries` delivers them)."
+                ),
+            ),
+        ],
         check_specs=[
             AssetCheckSpec(
                 NO_RETENTION_GAPS,
-                asset=alerts_asset_name(spec),
+                asset=alerts_key,
                 description="The run read every source offset it was handed: none had been "
                 "deleted by retention first (else: lost_offsets, an ops notice per gap).",
-            )
+            ),
+            AssetCheckSpec(
+                NO_PERMANENT_FAILURES,
+                asset=deliveries_key,
+                description="Slack refused none of the run's alerts for good.",
+            ),
         ],
     )
     def _alerts(
@@ -188,7 +180,16 @@ def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:
         config: AlertRunConfig,
         platform: PlatformResource,
         slack: SlackDeliveryResource,
-    ) -> MaterializeResult:
+        kafka: KafkaProducerResource,
+        ledger: DeliveryLedgerResource,
+    ) -> Iterator[MaterializeResult]:
+        selected = context.selected_asset_keys
+        if alerts_key not in selected:
+            raise Failure(
+                f"{deliveries_key.to_user_string()} is materialized with "
+                f"{alerts_key.to_user_string()} (the run delivers the alerts it derives): "
+                "select both"
+            )
         settings = platform.settings()
         index = RunIndex(settings.effective_ledger_url)
         try:
@@ -196,7 +197,14 @@ def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:
                 ranges = [OffsetRange(**r.model_dump()) for r in config.ranges]
                 lost = [OffsetRange(**r.model_dump()) for r in config.lost]
                 report = run_enrichment(
-                    settings, spec, ranges, run_id=context.run.run_id, index=index, lost=lost
+                    settings,
+                    spec,
+                    ranges,
+                    run_id=context.run.run_id,
+                    index=index,
+                    lost=lost,
+                    keep_messages=0 if settings.inline_delivery else KEEP_MESSAGES,
+                    producer=kafka.get_producer(),
                 )
                 extra: dict[str, object] = {"mode": "live"}
             else:
@@ -222,10 +230,43 @@ def make_alerts_asset(spec: PipelineSpec) -> AssetsDefinition:
         # A backfill always delivers its own alerts: only it may post those older than the
         # maximum alert age (the delivery sensor would mark them stale).
         backfill = extra["mode"] == "backfill"
-        if settings.inline_delivery or backfill:
-            extra.update(_deliver_inline(context, settings, slack, report, allow_stale=backfill))
-        return MaterializeResult(
-            metadata={**_metadata(report), **extra}, check_results=[_gap_check(report)]
+        deliver = deliveries_key in selected and (settings.inline_delivery or backfill)
+        if not deliver and report.messages is not None:
+            # Which alerts went where: the delivery sensor tells delivered ones from the ledger.
+            extra["written_alerts_recorded"] = record_written(
+                settings, report.written, report.messages, owner=context.run.run_id
+            )
+        yield MaterializeResult(
+            asset_key=alerts_key,
+            metadata={**_metadata(report), **extra},
+            check_results=[_gap_check(report, alerts_key)],
+        )
+        if not deliver:
+            if backfill and deliveries_key not in selected:
+                context.log.warning(
+                    f"{deliveries_key.to_user_string()} was not selected: this backfill posts "
+                    "nothing itself; slack_delivery_tail delivers its alerts, and marks those "
+                    "older than ALERT_MAX_AGE_HOURS stale. Select both assets to post them all."
+                )
+            else:
+                context.log.info(
+                    f"{deliveries_key.to_user_string()} skipped: the slack_delivery_tail "
+                    "catch-up delivers these alerts"
+                )
+            return
+        metadata, dead = deliver_inline(
+            context,
+            settings,
+            slack.get_client(),
+            report.written,
+            allow_stale=backfill,
+            ledger=ledger.get_ledger(),
+            producer=kafka.get_producer(),
+        )
+        yield MaterializeResult(
+            asset_key=deliveries_key,
+            metadata={**metadata, "mode": extra["mode"]},
+            check_results=[no_permanent_failures(dead, deliveries_key)],
         )
 
     return _alerts

@@ -1,8 +1,7 @@
-"""The delivery asset: ``slack-messages`` ranges posted to Slack exactly once."""
+"""The catch-up delivery asset: ``slack-messages`` ranges no enrichment run finished
+delivering (all of them with ALERT_PLATFORM_INLINE_DELIVERY=false), posted exactly once."""
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     Config,
@@ -15,30 +14,31 @@ from pydantic import Field
 
 from alert_platform import topics
 from alert_platform.delivery.deliverer import DeliveryIncompleteError, SlackAuthError
-from alert_platform.delivery.runner import DeliveryRunReport, run_delivery
+from alert_platform.delivery.runner import run_delivery
 from alert_platform.kafka.offsets import OffsetRange
 from assets.alerts import OffsetRangeConfig
-from assets.resources import PlatformResource, SlackDeliveryResource
+from assets.delivery_results import (
+    NO_PERMANENT_FAILURES,
+    delivery_metadata,
+    log_outcomes,
+    no_permanent_failures,
+)
+from assets.resources import (
+    DeliveryLedgerResource,
+    KafkaProducerResource,
+    PlatformResource,
+    SlackDeliveryResource,
+)
 from assets.topics import topic_asset_key
 
 NAME = "slack_deliveries"
-NO_PERMANENT_FAILURES = "no_permanent_failures"
+__all__ = ["NAME", "NO_PERMANENT_FAILURES", "DeliveryRunConfig", "slack_deliveries"]
 
 
 class DeliveryRunConfig(Config):
     """Set by the delivery sensor: the ``slack-messages`` ranges to deliver."""
 
     ranges: list[OffsetRangeConfig] = Field(default_factory=list)
-
-
-def _metadata(report: DeliveryRunReport) -> dict[str, object]:
-    figures = report.metadata()
-    flat = {k: v for k, v in figures.items() if isinstance(v, int | float)}
-    return {
-        **flat,
-        "offset_ranges": MetadataValue.json(figures["offset_ranges"]),
-        "retries": MetadataValue.json(figures.get("retries", {})),
-    }
 
 
 @asset(
@@ -59,12 +59,19 @@ def slack_deliveries(
     config: DeliveryRunConfig,
     platform: PlatformResource,
     slack: SlackDeliveryResource,
+    kafka: KafkaProducerResource,
+    ledger: DeliveryLedgerResource,
 ) -> MaterializeResult:
     ranges = [OffsetRange(**r.model_dump()) for r in config.ranges]
     try:
         # The run id owns the ledger claims: `alert-platform explain` names the delivering run.
         report = run_delivery(
-            platform.settings(), slack.get_client(), ranges, owner=context.run.run_id
+            platform.settings(),
+            slack.get_client(),
+            ranges,
+            owner=context.run.run_id,
+            ledger=ledger.get_ledger(),
+            producer=kafka.get_producer(),
         )
     except SlackAuthError as exc:
         raise Failure(
@@ -76,25 +83,8 @@ def slack_deliveries(
             description=f"Delivery incomplete, the range will be retried: {exc}",
             metadata={"summary": MetadataValue.json(exc.report.summary())},
         ) from None
-    dead = report.delivery.dead_letters if report.delivery else []
-    if report.stale:
-        context.log.warning(
-            f"{report.stale} alert(s) older than the maximum alert age were not posted "
-            "(outcome 'stale'); an explicit backfill posts them"
-        )
-    for letter in dead[:20]:
-        context.log.warning(f"dead-lettered {letter.alert_id} ({letter.channel}): {letter.error}")
+    dead = list(report.delivery.dead_letters) if report.delivery else []
+    log_outcomes(context, report.stale, dead)
     return MaterializeResult(
-        metadata=_metadata(report),
-        check_results=[
-            AssetCheckResult(
-                check_name=NO_PERMANENT_FAILURES,
-                passed=not dead,
-                severity=AssetCheckSeverity.WARN,
-                metadata={
-                    "dead_lettered": len(dead),
-                    "errors": MetadataValue.json(sorted({d.error for d in dead})),
-                },
-            )
-        ],
+        metadata=delivery_metadata(report), check_results=[no_permanent_failures(dead)]
     )

@@ -44,6 +44,7 @@ def platform_state_retention(
         "pruned_before": MetadataValue.timestamp(report.before),
         "ledger_rows_pruned": report.ledger,
         "run_index_rows_pruned": report.run_index,
+        "handled_ranges_pruned": report.handled_ranges,
         "batches": report.batches,
         "longest_batch_s": report.longest_batch_s,
         "seconds": report.seconds,

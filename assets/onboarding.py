@@ -12,7 +12,6 @@ The schedule fires daily at 06:00 UTC for the *previous* day, the latest complet
 06:00, and the day would never be produced again (the schedule's run key is the day).
 """
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -35,8 +34,8 @@ from dagster import (
 
 from alert_platform import topics
 from alert_platform.bigquery.tables import ACCOUNTS_TABLE
-from alert_platform.settings import ConfigError
-from assets.resources import PlatformResource
+from alert_platform.settings import ConfigError, Settings
+from assets.resources import BigQueryClientResource, KafkaProducerResource, PlatformResource
 
 if TYPE_CHECKING:
     from alert_platform.bigquery.onboarding import OnboardingReport
@@ -45,7 +44,7 @@ NAME = "onboarding_started_events"
 JOB_NAME = "onboarding_producer_job"
 SCHEDULE_NAME = "onboarding_producer_schedule"
 GROUP = "onboarding"
-PARTITIONS_START = os.environ.get("ALERT_PLATFORM_ONBOARDING_START", "2026-11-01")
+PARTITIONS_START = Settings.from_env().onboarding_start  # ALERT_PLATFORM_ONBOARDING_START
 SCHEDULE_HOUR_UTC = 6
 # How many rejected rows are listed in the run metadata (the count is always complete).
 REJECTED_SHOWN = 20
@@ -96,7 +95,10 @@ def _metadata(report: "OnboardingReport") -> dict[str, object]:
     ),
 )
 def onboarding_started_events(
-    context: AssetExecutionContext, platform: PlatformResource
+    context: AssetExecutionContext,
+    platform: PlatformResource,
+    bigquery: BigQueryClientResource,
+    kafka: KafkaProducerResource,
 ) -> MaterializeResult:
     # Imported here: the BigQuery client costs ~1 s to import, and every run process (alert and
     # delivery runs too) imports these definitions.
@@ -108,7 +110,15 @@ def onboarding_started_events(
 
     day = context.partition_key
     try:
-        report = produce_onboarding_events(platform.settings(), day)
+        try:
+            client = bigquery.get_client()
+        except ConfigError:
+            raise
+        except Exception:  # left to the producer entry, which reports it as a query failure
+            client = None
+        report = produce_onboarding_events(
+            platform.settings(), day, client=client, producer=kafka.get_producer()
+        )
     except OnboardingQueryError as exc:
         raise Failure(
             description=f"BigQuery onboarding query for {day} failed: {exc.message}"

@@ -74,17 +74,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_engine import MALFORMED, MALFORMED_SHARE, SEED, make_event, make_tables
-from confluent_kafka import Producer
 from host_cpu import busy_cpu_s, process_cpu_s
+from suite.common import produce_all
 
 from alert_platform import topics
 from alert_platform.delivery.deliverer import ChannelPacer, deliver_batch
 from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.delivery.runner import read_messages
 from alert_platform.kafka.admin import create_topics
-from alert_platform.kafka.clients import make_consumer, producer_config
+from alert_platform.kafka.clients import make_consumer
 from alert_platform.kafka.offsets import OffsetRange, probe_end_offsets
 from alert_platform.kafka.records import SourceRecord
+from alert_platform.kafka.writer import BatchProducer
+from alert_platform.local.profile import local_settings
 from alert_platform.local.sandbox.control import SandboxControl
 from alert_platform.local.stack import LocalStack, free_port_settings
 from alert_platform.pipelines.connector_failure import (
@@ -176,9 +178,7 @@ def conversation_of(channel_ref: str) -> str:
 def bench_stack(root: Path) -> Iterator[tuple[Settings, dict[str, int]]]:
     """A Tansu broker and a Slack sandbox on free ports, state under ``root``:
     (settings, service name -> pid)."""
-    base = Settings().with_overrides(
-        kafka_profile="local", connector_console_url_template=CONSOLE_URL
-    )
+    base = local_settings(connector_console_url_template=CONSOLE_URL)
     settings = free_port_settings(root / "data", base)
     stack = LocalStack(settings, die_with_parent=True)
     stack.up(["kafka", "slack"])
@@ -212,19 +212,8 @@ def register_users(api_url: str, users: list[tuple[str, str, str]], threads: int
 
 def produce(settings: Settings, items: list[tuple[str, bytes | None, bytes | None, int]]) -> None:
     """(topic, key, value, timestamp ms or 0) -> the broker; flush."""
-    producer = Producer(producer_config(settings, **{"queue.buffering.max.messages": 500_000}))
-    for topic, key, value, ts in items:
-        kwargs: dict[str, Any] = {"key": key, "value": value}
-        if ts:
-            kwargs["timestamp"] = ts
-        while True:
-            try:
-                producer.produce(topic, **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.01)
-    if producer.flush(180):
-        raise RuntimeError("setup records were not delivered")
+    producer = BatchProducer.from_settings(settings, **{"queue.buffering.max.messages": 500_000})
+    produce_all(producer, [(topic, key, value, None, ts) for topic, key, value, ts in items])
 
 
 def live_history(settings: Settings) -> list[OffsetRange]:
@@ -285,7 +274,7 @@ def cli_env(settings: Settings, rate: float, burst: int, workers: int | None) ->
             "ALERT_PLATFORM_KAFKA_PROFILE": "local",
             "ALERT_PLATFORM_DATA_DIR": str(Path(settings.data_dir).resolve()),
             "SLACK_API_URL": settings.slack_api_url,
-            "SLACK_BOT_TOKEN": settings.slack_bot_token,
+            "SLACK_BOT_TOKEN": settings.slack_bot_token.get_secret_value(),
             "CONNECTOR_CONSOLE_URL_TEMPLATE": CONSOLE_URL,
             "SLACK_CHANNEL_RATE_PER_S": f"{rate:g}",
             "SLACK_CHANNEL_BURST": str(burst),

@@ -29,9 +29,10 @@ from alert_platform.delivery.deliverer import ChannelPacer, deliver_batch
 from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.delivery.messages import OutboundMessage
 from alert_platform.local.ports import LOCALHOST, find_free_port
+from alert_platform.local.profile import local_settings
 from alert_platform.local.sandbox import SandboxControl, SandboxServer
 from alert_platform.local.sandbox.state import DEFAULT_BURST, DEFAULT_PER_SECOND
-from alert_platform.settings import LOCAL_SLACK_TOKEN, Settings
+from alert_platform.settings import LOCAL_SLACK_TOKEN
 from alert_platform.slack.client import make_web_client
 
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, channel_id in enumerate(channel_ids):
             control.add_channel(channel_id, f"bench-{i:03d}")
         alerts = make_alerts(args.alerts, channel_ids)
-        settings = Settings().with_overrides(slack_api_url=url)
+        settings = local_settings(slack_api_url=url)
         client = make_web_client(settings, timeout=10)
         pacer_kwargs = {}
         if args.rate is not None:

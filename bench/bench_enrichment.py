@@ -73,6 +73,7 @@ from alert_platform.kafka.clients import (
 from alert_platform.kafka.offsets import OffsetRange, probe_end_offsets
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.kafka.writer import BatchProducer
+from alert_platform.local.profile import local_settings
 from alert_platform.local.stack import LocalStack, free_port_settings
 from alert_platform.pipelines.connector_failure import CONNECTOR_FAILURE
 from alert_platform.pipelines.engine import BatchCounts, enrich_batch
@@ -113,8 +114,7 @@ def _self_cpu_s() -> float:
 @contextmanager
 def fresh_broker(root: Path, name: str) -> Iterator[tuple[Settings, int]]:
     """A throw-away Tansu broker on a free port: (settings, broker pid)."""
-    base = Settings().with_overrides(
-        kafka_profile="local",
+    base = local_settings(
         connector_console_url_template=CONSOLE_URL,
         event_time_max_past_hours=WORKLOAD_MAX_PAST_HOURS,
     )

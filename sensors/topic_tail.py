@@ -21,14 +21,13 @@ binary search over their timestamps (the tick's log says which).
 
 Retention gaps found by the planner travel with the run request (config ``lost``) of the alert
 sensors, whose runs report them; the delivery sensor (whose runs take only ``ranges``) posts
-the ops notice itself. Per-range work that fails (e.g. ``needs_no_run`` over a range holding a
-hostile record) is logged and the range simply gets a run: a tick never fails because of what
-a record holds.
+the ops notice itself. ``needs_no_run`` (the delivery sensor's: the ledger database's handled
+ranges, no Kafka read) is asked about all ranges at once; if that fails, range by range, and a
+range it cannot judge is logged and simply gets a run: a tick never fails because of it.
 """
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 
 from dagster import (
     DagsterInstance,
@@ -45,7 +44,7 @@ from dagster import (
 
 from alert_platform import topics
 from alert_platform.kafka.admin import topic_id
-from alert_platform.kafka.clients import make_consumer
+from alert_platform.kafka.clients import make_admin, make_consumer
 from alert_platform.kafka.offsets import OffsetRange, first_offsets_at, probe_watermarks
 from alert_platform.kafka.tailing import (
     PendingRange,
@@ -59,6 +58,7 @@ from alert_platform.kafka.tailing import (
 )
 from alert_platform.retention_gaps import notify_gaps
 from alert_platform.settings import Settings
+from assets.partitions import current_hour_partition
 from assets.resources import PlatformResource
 
 SOURCE_TAG = "alert-platform/source"
@@ -66,19 +66,13 @@ SOURCE_TAG = "alert-platform/source"
 _DONE = {DagsterRunStatus.SUCCESS: RunState.SUCCEEDED}
 _FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
-# (settings, ranges) -> the ranges that need no run (e.g. already delivered inline)
-RangeFilter = Callable[[Settings, Sequence[OffsetRange]], set[OffsetRange]]
+# (settings, ranges, topic id) -> the ranges that need no run (e.g. already delivered inline)
+RangeFilter = Callable[[Settings, Sequence[OffsetRange], str], set[OffsetRange]]
 
 
 def range_tag(partition: int) -> str:
     """The run tag holding the key of the range a run reads from ``partition``."""
     return f"alert-platform/range-{partition}"
-
-
-def current_hour_partition(now: float | None = None) -> str:
-    """The hourly partition key (``YYYY-MM-DD-HH:00``, UTC) that live runs are filed under."""
-    moment = datetime.fromtimestamp(now if now is not None else time.time(), tz=UTC)
-    return moment.strftime("%Y-%m-%d-%H:00")
 
 
 def run_states(instance: DagsterInstance, pending: Iterable[PendingRange]) -> dict[str, RunState]:
@@ -156,12 +150,18 @@ def _handled(
     needs_no_run: RangeFilter,
     settings: Settings,
     ranges: Sequence[OffsetRange],
+    topic_id: str = "",
 ) -> set[OffsetRange]:
-    """``needs_no_run`` range by range: one that fails to be checked gets a run."""
+    """``needs_no_run`` over all ``ranges`` at once, else range by range: one that fails to be
+    checked gets a run."""
+    try:
+        return set(needs_no_run(settings, ranges, topic_id)) & set(ranges)
+    except Exception:
+        pass
     handled: set[OffsetRange] = set()
     for rng in ranges:
         try:
-            handled |= needs_no_run(settings, [rng])
+            handled |= needs_no_run(settings, [rng], topic_id)
         except Exception as exc:
             context.log.warning(f"cannot tell whether {rng} needs a run, launching one: {exc}")
     return handled
@@ -224,8 +224,8 @@ def make_topic_tail_sensor(
         settings = platform.settings()
         cursor = TailCursor.from_json(context.cursor)
         consumer = make_consumer(settings)
-        try:
-            marks = probe_watermarks(consumer, topic)
+        try:  # watermarks of every partition in one list_offsets call per side
+            marks = probe_watermarks(consumer, topic, admin=make_admin(settings))
         finally:
             consumer.close()
         now = time.time()
@@ -260,7 +260,9 @@ def make_topic_tail_sensor(
         requests = list(plan.requests)
         next_cursor = plan.cursor
         if needs_no_run is not None and requests:
-            handled = _handled(context, needs_no_run, settings, [r.range for r in requests])
+            handled = _handled(
+                context, needs_no_run, settings, [r.range for r in requests], next_cursor.topic_id
+            )
             requests = [request for request in requests if request.range not in handled]
             next_cursor = drop_ranges(next_cursor, handled)
         partition_key = current_hour_partition(now) if partitioned else None

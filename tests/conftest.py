@@ -12,28 +12,35 @@ Fixtures:
     slack_settings   Settings with only the Slack sandbox guaranteed running
     unique_topic     a fresh topic name (uuid suffix), not created
     make_topic       factory: make_topic(partitions=1, config=None) -> created topic name
+
+Settings default to production; the test session runs with the local profile
+(``alert_platform.local.profile.LOCAL_ENVIRONMENT``), applied to ``os.environ`` here, before any
+test module is imported, so ``Settings.from_env()`` (the Dagster resources, child processes)
+sees the local stand-ins. Tests that build ``Settings(...)`` directly get production defaults;
+those that talk to a stand-in use ``local_settings()``.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from alert_platform.local.profile import LOCAL_ENVIRONMENT, local_settings
 from alert_platform.local.stack import LocalStack, free_port_settings
-from alert_platform.settings import LOCAL_SLACK_TOKEN, Settings
+from alert_platform.settings import Settings
+
+os.environ.update(LOCAL_ENVIRONMENT)  # the local profile for the whole session (see above)
 
 
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings for the session stack: free ports, tmp data dir. Starts nothing."""
-    base = Settings().with_overrides(
-        kafka_profile="local", slack_bot_token=LOCAL_SLACK_TOKEN, bigquery_project="local-dev"
-    )
-    return free_port_settings(tmp_path_factory.mktemp("alert-platform-data"), base)
+    return free_port_settings(tmp_path_factory.mktemp("alert-platform-data"), local_settings())
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """The official BigQuery client, pointed at the local emulator or at Google.
 
-``BIGQUERY_API_ENDPOINT`` set (the local default ``http://127.0.0.1:9050``): anonymous
-credentials against that endpoint. Empty: Application Default Credentials against Google.
+``BIGQUERY_API_ENDPOINT`` set (the local profile's ``http://127.0.0.1:9050``): anonymous
+credentials against that endpoint. Empty (the default): Application Default Credentials against
+Google.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from alert_platform.settings import Settings
+from alert_platform.settings import ConfigError, Settings
 
 # Python type -> BigQuery parameter type (bool before int: bool is an int subclass).
 _PARAM_TYPES: tuple[tuple[type, str], ...] = (
@@ -33,14 +34,16 @@ _PARAM_TYPES: tuple[tuple[type, str], ...] = (
 
 
 def make_bigquery_client(settings: Settings) -> bigquery.Client:
-    """A ``google.cloud.bigquery.Client`` for ``settings.bigquery_project``."""
+    """A ``google.cloud.bigquery.Client`` for ``settings.bigquery_project`` (required)."""
+    if not settings.bigquery_project:
+        raise ConfigError("BIGQUERY_PROJECT is empty: set it to the project of the warehouse")
     if settings.bigquery_api_endpoint:
         return bigquery.Client(
             project=settings.bigquery_project,
             credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             client_options=ClientOptions(api_endpoint=settings.bigquery_api_endpoint),
         )
-    return bigquery.Client(project=settings.bigquery_project or None)
+    return bigquery.Client(project=settings.bigquery_project)
 
 
 def _param_type(value: Any) -> str:

@@ -36,16 +36,16 @@ from importlib import resources
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import bigquery
 
 from alert_platform.bigquery.client import make_bigquery_client
 from alert_platform.bigquery.tables import ACCOUNTS_TABLE
-from alert_platform.kafka.clients import make_producer
+from alert_platform.kafka.writer import BatchProducer, ProduceError
 from alert_platform.settings import ConfigError, Settings
 from alert_platform.topics import ONBOARDING_EVENTS
+from alert_platform.wire import format_rfc3339
 
 EVENT_TYPE = "onboarding.started"
 QUERY_FILE = "onboarding_started.sql"
@@ -270,9 +270,7 @@ def event_id(salesforce_account_id: str, day: date) -> str:
     return f"onboarding-started:{salesforce_account_id}:{day.isoformat()}"
 
 
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with ``Z``: ``2026-03-01T12:34:56Z`` (``.ffffffZ`` when sub-second)."""
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+format_time = format_rfc3339  # RFC 3339 in UTC with ``Z`` (the one codec, ``alert_platform.wire``)
 
 
 class _Rejected(Exception):
@@ -407,28 +405,21 @@ def build_events(rows: Iterable[Mapping[str, Any]], day: date | str) -> Onboardi
 # --- produce -------------------------------------------------------------------------------
 
 
-def _produce_all(producer: Producer, topic: str, events: list[Event], flush_timeout: float) -> None:
-    failures: list[tuple[str, str]] = []
-
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            key = msg.key()
-            failures.append((key.decode("utf-8", "replace") if key else "<no key>", str(err)))
-
-    for key, value in events:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                break
-            except BufferError:  # local queue full: serve callbacks and retry
-                producer.poll(0.1)
-            except KafkaException as exc:
-                failures.append((key.decode("utf-8", "replace"), str(exc)))
-                break
-        producer.poll(0)
-    undelivered = producer.flush(flush_timeout)
-    if failures or undelivered:
-        raise OnboardingDeliveryError(topic, failures, undelivered, len(events))
+def _produce_all(
+    producer: BatchProducer, topic: str, events: list[Event], flush_timeout: float
+) -> None:
+    """Produce and flush ``events``; :class:`OnboardingDeliveryError` if any is not acknowledged."""
+    try:
+        producer.produce_many(topic, events)
+        producer.flush(flush_timeout)
+    except ProduceError as exc:
+        failures = [
+            (f.key.decode("utf-8", "replace") if f.key else "<no key>", f.error)
+            for f in exc.failures
+        ]
+        if not failures and not exc.undelivered:  # fatal or queue full before any report
+            failures = [("<batch>", str(exc))]
+        raise OnboardingDeliveryError(topic, failures, exc.undelivered, len(events)) from exc
 
 
 def produce_onboarding_events(
@@ -436,7 +427,7 @@ def produce_onboarding_events(
     day: date | str,
     *,
     client: bigquery.Client | None = None,
-    producer: Producer | None = None,
+    producer: BatchProducer | None = None,
     topic: str = ONBOARDING_EVENTS,
     query_timeout: float | None = 300.0,
     flush_timeout: float = 60.0,
@@ -457,7 +448,9 @@ def produce_onboarding_events(
     result = run_onboarding_query(client, settings, day, timeout=query_timeout)
     batch = build_events(result.rows, day)
     if batch.events:
-        _produce_all(producer or make_producer(settings), topic, batch.events, flush_timeout)
+        _produce_all(
+            producer or BatchProducer.from_settings(settings), topic, batch.events, flush_timeout
+        )
     return OnboardingReport(
         day=day,
         topic=topic,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alert_platform.commands.common import CommandError, add_data_dir_argument, load_settings
-from alert_platform.settings import Settings
+from alert_platform.settings import Settings, process_environment
 
 if TYPE_CHECKING:
     from dagster import HourlyPartitionsDefinition
@@ -65,7 +64,7 @@ def selected_pipelines(name: str) -> list[str]:
 
 
 def asset_names(pipelines: Sequence[str]) -> list[str]:
-    return [f"{name}_alerts" for name in pipelines]
+    return [f"{name}_{kind}" for name in pipelines for kind in ("alerts", "deliveries")]
 
 
 def resolve_dagster_home(settings: Settings, explicit: Path | None) -> Path | None:
@@ -73,8 +72,8 @@ def resolve_dagster_home(settings: Settings, explicit: Path | None) -> Path | No
     prepared it (it holds a dagster.yaml); ``None`` when there is none."""
     if explicit is not None:
         return explicit.resolve()
-    if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"]).resolve()
+    if settings.dagster_home:
+        return Path(settings.dagster_home).resolve()
     candidate = (settings.data_dir / "dagster").resolve()
     return candidate if (candidate / "dagster.yaml").is_file() else None
 
@@ -174,7 +173,7 @@ def _run_graphql(
         output = Path(scratch) / "response.json"
         command = [str(tool), "-m", DEFINITIONS_MODULE, "-t", query]
         command += ["-v", json.dumps(variables), "-o", str(output)]
-        env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+        env = process_environment(DAGSTER_HOME=str(dagster_home))
         try:
             done = subprocess.run(
                 command, env=env, capture_output=True, text=True, timeout=timeout_s

@@ -41,9 +41,18 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_settings(args: argparse.Namespace) -> Settings:
-    """Settings from the environment, with ``--data-dir`` applied when the command has one."""
-    settings = Settings.from_env()
+def load_settings(args: argparse.Namespace, *, local: bool = False) -> Settings:
+    """Settings from the environment, with ``--data-dir`` applied when the command has one.
+
+    ``local``: the environment over the local profile (``dev``, ``stack``, ``demo``: commands of
+    the embedded local stack); else unset means production.
+    """
+    if local:
+        from alert_platform.local.profile import local_settings_from_env
+
+        settings = local_settings_from_env()
+    else:
+        settings = Settings.from_env()
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None:
         settings = settings.with_overrides(data_dir=Path(data_dir))

@@ -30,7 +30,7 @@ def _events(args: argparse.Namespace) -> int:
         if args.provisioning:
             event["data"] = event["data"].replace('"Running"', '"Provisioning"')
         events.append((org_id, event))
-    settings = load_settings(args)
+    settings = load_settings(args, local=True)
     require_broker(settings)  # fail fast, naming KAFKA_BOOTSTRAP_SERVERS, instead of timing out
     produced = produce_events(settings, events)
     print(f"Produced {produced} connector events to data-notifications-pipeline.")
@@ -43,7 +43,7 @@ def _hostile(args: argparse.Namespace) -> int:
     from alert_platform.local.demo import slack_workspace
     from alert_platform.local.hostile import hostile_cases, hostile_lookups, normal_cases
 
-    settings = load_settings(args)
+    settings = load_settings(args, local=True)
     require_broker(settings)
     tag = args.tag or f"h{int(time.time())}"
     member = slack_workspace()["users"][0]

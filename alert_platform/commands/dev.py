@@ -10,7 +10,7 @@ from alert_platform.commands.common import add_data_dir_argument, load_settings
 def _handle(args: argparse.Namespace) -> int:
     from alert_platform.local.dev import run_dev
 
-    return run_dev(load_settings(args), demo_events=args.demo_events)
+    return run_dev(load_settings(args, local=True), demo_events=args.demo_events)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

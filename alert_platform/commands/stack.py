@@ -1,4 +1,4 @@
-"""``alert-platform stack up|down|status``: the embedded local stand-ins."""
+"""``alert-platform stack up|down|status|env``: the embedded local stand-ins."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _print_statuses(statuses: Mapping[str, ServiceStatus], stack: LocalStack) ->
 def _stack_up(args: argparse.Namespace) -> int:
     from alert_platform.local.stack import LocalStack
 
-    settings = load_settings(args)
+    settings = load_settings(args, local=True)
     stack = LocalStack(settings, start_timeout=args.timeout)
     statuses = stack.up(args.services)
     _print_statuses(statuses, stack)
@@ -44,7 +44,7 @@ def _stack_up(args: argparse.Namespace) -> int:
 def _stack_down(args: argparse.Namespace) -> int:
     from alert_platform.local.stack import LocalStack
 
-    stack = LocalStack(load_settings(args))
+    stack = LocalStack(load_settings(args, local=True))
     for name, stopped in stack.down(args.services).items():
         print(f"{name:<9} {'stopped' if stopped else 'not running'}")
     return 0
@@ -53,10 +53,21 @@ def _stack_down(args: argparse.Namespace) -> int:
 def _stack_status(args: argparse.Namespace) -> int:
     from alert_platform.local.stack import LocalStack
 
-    stack = LocalStack(load_settings(args))
+    stack = LocalStack(load_settings(args, local=True))
     statuses = stack.status(args.services)
     _print_statuses(statuses, stack)
     return 0 if all(status.running for status in statuses.values()) else 3
+
+
+def _stack_env(args: argparse.Namespace) -> int:
+    """Print the local profile as shell exports (``eval "$(alert-platform stack env)"``)."""
+    import shlex
+
+    from alert_platform.local.profile import LOCAL_ENVIRONMENT
+
+    for name, value in sorted(LOCAL_ENVIRONMENT.items()):
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
 
 
 def _data_dir_flag(args: argparse.Namespace) -> str:
@@ -72,7 +83,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "sandbox, each bound to 127.0.0.1 on the port of its endpoint setting "
         "(KAFKA_BOOTSTRAP_SERVERS, BIGQUERY_API_ENDPOINT, SLACK_API_URL).",
     )
-    actions = stack.add_subparsers(dest="stack_command", metavar="{up,down,status}", required=True)
+    actions = stack.add_subparsers(
+        dest="stack_command", metavar="{up,down,status,env}", required=True
+    )
 
     up = actions.add_parser(
         "up",
@@ -101,3 +114,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_data_dir_argument(status)
     _services_argument(status)
     status.set_defaults(handler=_stack_status)
+
+    env = actions.add_parser(
+        "env",
+        help="print the local profile as shell exports",
+        description="Print the variables of the local profile (local broker client settings, "
+        "Slack sandbox URL and token, BigQuery emulator) as `export` lines, so that another "
+        'shell\'s commands talk to the stack `make dev` runs: eval "$(alert-platform stack env)". '
+        "Every other process defaults to production endpoints.",
+    )
+    env.set_defaults(handler=_stack_env)

@@ -14,16 +14,17 @@ which the deliverer needs to find an uncertain earlier send, takes only a conver
 Results are cached for the resolver's life (the deliverer makes one per batch): the whole
 name map is fetched at most once, each user is opened once. A reference that cannot be
 resolved raises :class:`Unresolvable` (error ``channel_not_found``, Slack's own code in
-``detail``), also cached. The resolver makes no retries of its own: its ``call`` (the
-deliverer's) retries transient failures and stops on auth errors; it raises
-:class:`RefusedCall` for a permanent refusal.
+``detail``), also cached. The resolver makes no retries and follows no cursors of its own: its
+``call`` and ``pages`` (the deliverer's) retry transient failures, stop on auth errors and read
+every page of a listing (slack-sdk's cursor pagination); they raise :class:`RefusedCall` for a
+permanent refusal.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 CHANNEL_NOT_FOUND = "channel_not_found"
@@ -38,6 +39,8 @@ _USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 # (method, **params) -> the data of an ok answer; raises RefusedCall for a permanent refusal.
 ApiCall = Callable[..., Mapping[str, Any]]
+# (method, **params) -> the data of every page of a cursor-paginated method (in order).
+ApiPages = Callable[..., Iterable[Mapping[str, Any]]]
 
 
 def is_conversation_id(ref: str | None) -> bool:
@@ -75,6 +78,7 @@ class ChannelResolver:
     def __init__(
         self,
         call: ApiCall,
+        pages: ApiPages,
         *,
         page_size: int = DEFAULT_PAGE_SIZE,
         types: str = DEFAULT_TYPES,
@@ -82,6 +86,7 @@ class ChannelResolver:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self._call = call
+        self._pages = pages
         self.page_size = page_size
         self.types = types
         self._lock = threading.Lock()
@@ -153,25 +158,20 @@ class ChannelResolver:
 
     def _list_names(self) -> dict[str, str]:
         names: dict[str, str] = {}
-        cursor = ""
-        while True:
-            params: dict[str, Any] = {
-                "types": self.types,
-                "limit": self.page_size,
-                # Archived channels stay in the map: posting then says is_archived, which
-                # tells the operator more than channel_not_found would.
-                "exclude_archived": False,
-            }
-            if cursor:
-                params["cursor"] = cursor
-            data = self._call("conversations.list", **params)
+        pages = self._pages(
+            "conversations.list",
+            types=self.types,
+            limit=self.page_size,
+            # Archived channels stay in the map: posting then says is_archived, which tells
+            # the operator more than channel_not_found would.
+            exclude_archived=False,
+        )
+        for data in pages:
             for channel in data.get("channels") or ():
                 name, channel_id = channel.get("name"), channel.get("id")
                 if name and is_conversation_id(channel_id):
                     names.setdefault(str(name), str(channel_id))
-            cursor = ((data.get("response_metadata") or {}).get("next_cursor")) or ""
-            if not cursor:
-                return names
+        return names
 
 
 def _unresolvable(ref: str, error: str, detail: str) -> Unresolvable:

@@ -62,20 +62,30 @@ suppresses needs neither a claim transaction nor a channel lookup.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import uuid
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 
+from alert_platform.delivery.ledger_model import (
+    ALREADY_DELIVERED,
+    MAX_TIME,
+    MIN_TIME,
+    SUPPRESSED_REPEAT,
+    Claim,
+    ClaimKind,
+    LedgerRow,
+    as_window,
+    window_bounds,
+)
+from alert_platform.delivery.ledger_queries import LedgerQueries
 from alert_platform.delivery.ledger_schema import (
     DELIVERED,
     FAILED_PERMANENT,
@@ -86,14 +96,29 @@ from alert_platform.delivery.ledger_schema import (
     build_table,
     upgrade,
 )
+from alert_platform.delivery.ledger_statements import build_statements
 from alert_platform.delivery.messages import OutboundMessage
 from alert_platform.storage import UTCDateTime, locked_begin, make_engine, sqlite_write_lock
 
-__all__ = ["DELIVERED", "FAILED_PERMANENT", "SENDING", "STALE", "STATES", "DeliveryLedger"]
+__all__ = [
+    "ALREADY_DELIVERED",
+    "DELIVERED",
+    "FAILED_PERMANENT",
+    "MAX_TIME",
+    "MIN_TIME",
+    "SENDING",
+    "STALE",
+    "STATES",
+    "SUPPRESSED_REPEAT",
+    "Claim",
+    "ClaimKind",
+    "DeliveryLedger",
+    "LedgerRow",
+    "UTCDateTime",
+    "window_bounds",
+]
 LOG = logging.getLogger("alert_platform.delivery.ledger")
 
-ALREADY_DELIVERED = "already_delivered"
-SUPPRESSED_REPEAT = "suppressed_repeat"
 
 DEFAULT_TABLE = "delivery_ledger"
 # A live owner refreshes its heartbeat at least every lease/3 (see the deliverer); a 'sending'
@@ -102,13 +127,8 @@ DEFAULT_TABLE = "delivery_ledger"
 # ``timedelta(seconds=settings.delivery_lease_s)`` (Settings validates it against
 # ``slack_call_timeout_s``); this default matches the setting's.
 DEFAULT_LEASE = timedelta(seconds=60)
-# The ends of the datetime range: a window around year 1 or 9999 is clamped to them.
-MIN_TIME = datetime.min.replace(tzinfo=UTC)
-MAX_TIME = datetime.max.replace(tzinfo=UTC)
 # States of a row that a claim of the very same event renews (they never suppress).
 _RENEWABLE = (FAILED_PERMANENT, STALE)
-# Keys per ``IN (...)`` list of a bulk read (SQLite allows 32,766 parameters since 3.32).
-_IN_CHUNK = 500
 
 
 def _utc_session(dbapi_connection: Any, _record: Any) -> None:
@@ -116,93 +136,6 @@ def _utc_session(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("SET TIME ZONE 'UTC'")
     cursor.close()
     dbapi_connection.commit()
-
-
-class ClaimKind(enum.Enum):
-    NEW = "new"
-    UNCERTAIN = "uncertain"
-    DUPLICATE = "duplicate"
-    IN_FLIGHT = "in_flight"
-
-
-@dataclass(frozen=True)
-class LedgerRow:
-    """One ledger row (what ``explain`` shows)."""
-
-    id: int
-    alert_id: str
-    event_time: datetime
-    state: str
-    channel: str | None
-    ts: str | None
-    attempts: int
-    source: str | None
-    nonce: str
-    owner: str | None
-    claimed_at: datetime
-    heartbeat_at: datetime
-    delivered_at: datetime | None
-    error: str | None
-    dedup_key: str = ""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """The ledger's decision for one message (see the module docstring).
-
-    ``row`` is the row the decision is about: the inserted/taken-over ``sending`` row for
-    ``NEW``/``UNCERTAIN``, the delivered row for ``DUPLICATE``, the other worker's row for
-    ``IN_FLIGHT``. ``owner`` is who holds the claim (fences heartbeats and releases).
-    ``retry_of_failure``: the claim renewed a ``failed_permanent`` or ``stale`` row of the
-    same event (``prior_state``; a release puts it back).
-    """
-
-    kind: ClaimKind
-    alert_id: str
-    event_time: datetime
-    owner: str
-    row: LedgerRow
-    reason: str | None = None
-    retry_at: datetime | None = None
-    retry_of_failure: bool = False
-    prior_state: str | None = None
-
-    @property
-    def row_id(self) -> int:
-        return self.row.id
-
-    @property
-    def nonce(self) -> str:
-        return self.row.nonce
-
-    @property
-    def claimed_at(self) -> datetime:
-        return self.row.claimed_at
-
-    @property
-    def attempts(self) -> int:
-        """Post attempts already recorded for this row (earlier runs included)."""
-        return self.row.attempts
-
-
-def _as_window(window: timedelta | float) -> timedelta:
-    """A window as a timedelta; a bare number is hours (``settings.dedup_window_hours``)."""
-    if isinstance(window, timedelta):
-        return window
-    return timedelta(hours=float(window))
-
-
-def window_bounds(event_time: datetime, window: timedelta) -> tuple[datetime, datetime]:
-    """``(event_time - window, event_time + window)``, clamped to the datetime range."""
-    try:
-        lo = event_time - window
-    except OverflowError:
-        lo = MIN_TIME
-    try:
-        hi = event_time + window
-    except OverflowError:
-        hi = MAX_TIME
-    return lo, hi
 
 
 def _utcnow() -> datetime:
@@ -216,24 +149,7 @@ def _redact_url(url: str) -> str:
         return "<unparseable url>"
 
 
-def _legacy_rows(
-    message: OutboundMessage, delivered: dict[str, list[LedgerRow]]
-) -> list[LedgerRow] | None:
-    """Legacy rows (``dedup_key == alert_id``) of the very same event as ``message``: the
-    readable id is ambiguous, so only an exact event-time match counts (a replay or backfill
-    of an event delivered before the upgrade), never a repeat within the window."""
-    if message.dedup_key == message.alert_id:
-        return None
-    event_time = message.event_time.astimezone(UTC)
-    rows = [
-        r
-        for r in delivered.get(message.alert_id, ())
-        if r.dedup_key == r.alert_id and r.event_time == event_time
-    ]
-    return rows or None
-
-
-class DeliveryLedger:
+class DeliveryLedger(LedgerQueries):
     """The delivery ledger at ``url`` (SQLAlchemy URL); creates its table when missing.
 
     ``schema`` (PostgreSQL only) and ``table_name`` place the table; ``owner`` names this
@@ -346,172 +262,14 @@ class DeliveryLedger:
         """A transaction holding the per-alert lock (SQLite: the database write lock)."""
         with self._using(conn) as locked:
             if self.dialect == "postgresql":
-                locked.execute(self._q_advisory, {"p_key": self._lock_prefix + dedup_key})
+                locked.execute(self._q.advisory, {"p_key": self._lock_prefix + dedup_key})
             yield locked
 
     def _prepare_statements(self) -> None:
-        """The hot statements, built once (constructing a statement and its cache key costs
-        more Python than running it on SQLite)."""
-        t = self.table
-
-        def b(name: str, type_: Any) -> Any:
-            return sa.bindparam(name, type_=type_)
-
-        def keep_attempts() -> Any:
-            return sa.func.coalesce(b("p_attempts", sa.Integer), t.c.attempts)
-
-        owned = t.update().where(
-            t.c.id == b("p_id", sa.Integer),
-            t.c.state == SENDING,
-            t.c.owner == b("p_claim_owner", sa.String),
-        )
-        self._q_advisory = sa.text("SELECT pg_advisory_xact_lock(hashtext(:p_key))")
-        self._q_window = (
-            sa.select(t)
-            .where(
-                t.c.dedup_key == b("p_key", sa.String),
-                t.c.event_time >= b("p_lo", UTCDateTime),
-                t.c.event_time <= b("p_hi", UTCDateTime),
-            )
-            .order_by(t.c.event_time)
-        )
-        self._q_take_over = (
-            t.update()
-            .where(t.c.id == b("p_id", sa.Integer))
-            .values(
-                owner=b("p_owner", sa.String),
-                heartbeat_at=b("p_now", UTCDateTime),
-                source=b("p_source", sa.String),
-            )
-        )
-        self._q_renew = (
-            t.update()
-            .where(t.c.id == b("p_id", sa.Integer))
-            .values(
-                state=SENDING,
-                channel=b("p_channel", sa.String),
-                ts=None,
-                source=b("p_source", sa.String),
-                nonce=b("p_nonce", sa.String),
-                owner=b("p_owner", sa.String),
-                claimed_at=b("p_now", UTCDateTime),
-                heartbeat_at=b("p_now", UTCDateTime),
-                delivered_at=None,
-            )
-        )
-        self._q_insert = t.insert()
-        self._q_touch = owned.values(heartbeat_at=b("p_now", UTCDateTime), attempts=keep_attempts())
-        self._q_delivered = (
-            t.update()
-            .where(t.c.id == b("p_id", sa.Integer), t.c.state == SENDING)
-            .values(
-                state=DELIVERED,
-                channel=b("p_channel", sa.String),
-                ts=b("p_ts", sa.String),
-                delivered_at=b("p_now", UTCDateTime),
-                error=None,
-                attempts=keep_attempts(),
-            )
-        )
-        self._q_failed = owned.values(
-            state=FAILED_PERMANENT, error=b("p_error", sa.Text), owner=None,
-            attempts=keep_attempts(),
-        )  # fmt: skip
-        self._q_release_failed = owned.values(
-            state=b("p_state", sa.String), owner=None, error=b("p_error", sa.Text)
-        )
-        self._q_release = t.delete().where(
-            t.c.id == b("p_id", sa.Integer),
-            t.c.state == SENDING,
-            t.c.owner == b("p_claim_owner", sa.String),
-        )
-
-    # -- rows ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _row(mapping: Any) -> LedgerRow:
-        return LedgerRow(**{name: mapping[name] for name in LedgerRow.__dataclass_fields__})
-
-    def lookup(self, alert_id: str) -> list[LedgerRow]:
-        """Every row of ``alert_id``, newest event first (for ``explain``)."""
-        t = self.table
-        with self._begin() as conn:
-            result = conn.execute(
-                sa.select(t).where(t.c.alert_id == alert_id).order_by(t.c.event_time.desc())
-            )
-            return [self._row(m) for m in result.mappings()]
-
-    def count_by_state(self) -> dict[str, int]:
-        t = self.table
-        with self._begin() as conn:
-            result = conn.execute(sa.select(t.c.state, sa.func.count()).group_by(t.c.state))
-            return {state: int(n) for state, n in result}
+        """The hot statements, built once (:mod:`.ledger_statements`)."""
+        self._q = build_statements(self.table)
 
     # -- the claim -------------------------------------------------------------------------
-
-    def _within_window(
-        self, conn: Connection, dedup_key: str, event_time: datetime, window: timedelta
-    ) -> list[LedgerRow]:
-        lo, hi = window_bounds(event_time, window)
-        result = conn.execute(self._q_window, {"p_key": dedup_key, "p_lo": lo, "p_hi": hi})
-        return [self._row(m) for m in result.mappings()]
-
-    def is_delivered(self, message: OutboundMessage, window: timedelta | float) -> bool:
-        """Whether a claim for ``message`` would be a ``DUPLICATE`` (read-only, no lock)."""
-        event_time = message.event_time.astimezone(UTC)
-        with self._begin() as conn:
-            rows = self._within_window(conn, message.dedup_key, event_time, _as_window(window))
-        return any(row.state == DELIVERED for row in rows)
-
-    def duplicates(
-        self, messages: Sequence[OutboundMessage], window: timedelta | float
-    ) -> list[Claim | None]:
-        """For each message, the ``DUPLICATE`` claim :meth:`claim` would answer now (same row,
-        same ``reason``), or ``None`` when it would answer anything else. One read per
-        ``_IN_CHUNK`` de-duplication keys, no row written: a ``delivered`` row is final, so the
-        answer cannot change before the caller acts on it. A message whose answer cannot be
-        computed gets ``None`` (its claim decides, or fails for it alone)."""
-        window = _as_window(window)
-        t = self.table
-        # Rows written before dedup keys existed carry dedup_key = alert_id ("legacy" rows):
-        # they are read too, so an event delivered before the upgrade is not posted again.
-        legacy = {m.alert_id for m in messages if m.dedup_key != m.alert_id}
-        keys = sorted({message.dedup_key for message in messages} | legacy)
-        delivered: dict[str, list[LedgerRow]] = defaultdict(list)
-        for start in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[start : start + _IN_CHUNK]
-            with self._begin() as conn:
-                result = conn.execute(
-                    sa.select(t).where(t.c.state == DELIVERED, t.c.dedup_key.in_(chunk))
-                )
-                for mapping in result.mappings():
-                    row = self._row(mapping)
-                    delivered[row.dedup_key].append(row)
-        out: list[Claim | None] = []
-        for message in messages:
-            try:
-                rows = delivered.get(message.dedup_key) or _legacy_rows(message, delivered)
-                out.append(self._duplicate_of(message, rows, window))
-            except Exception as exc:  # e.g. an event time no arithmetic can handle
-                LOG.warning("alert %s: no duplicate check (%s: %s)", message.alert_id,
-                            type(exc).__name__, exc)  # fmt: skip
-                out.append(None)
-        return out
-
-    def _duplicate_of(
-        self, message: OutboundMessage, rows: list[LedgerRow] | None, window: timedelta
-    ) -> Claim | None:
-        if not rows:
-            return None
-        event_time = message.event_time.astimezone(UTC)
-        lo, hi = window_bounds(event_time, window)
-        rows = [r for r in rows if lo <= r.event_time <= hi]
-        if not rows:
-            return None
-        row = min(rows, key=lambda r: (abs(r.event_time - event_time), r.event_time))
-        reason = ALREADY_DELIVERED if row.event_time == event_time else SUPPRESSED_REPEAT
-        return Claim(ClaimKind.DUPLICATE, message.alert_id, event_time, self.owner, row,
-                     reason=reason)  # fmt: skip
 
     def claim(
         self,
@@ -529,7 +287,7 @@ class DeliveryLedger:
         ``conn``: decide inside the caller's :meth:`transaction` (the claim holds once it
         commits); default: a transaction of its own.
         """
-        window = _as_window(window)
+        window = as_window(window)
         owner = owner or self.owner
         lease = self.lease if lease is None else lease
         event_time = message.event_time.astimezone(UTC)
@@ -560,7 +318,7 @@ class DeliveryLedger:
                     return decided(ClaimKind.IN_FLIGHT, row, retry_at=row.heartbeat_at + lease)
                 source = message.source_ref or row.source
                 locked.execute(
-                    self._q_take_over,
+                    self._q.take_over,
                     {"p_id": row.id, "p_owner": owner, "p_now": now, "p_source": source},
                 )
                 taken = replace(row, owner=owner, heartbeat_at=now, source=source)
@@ -581,7 +339,7 @@ class DeliveryLedger:
             if failed:
                 row = failed[0]
                 locked.execute(
-                    self._q_renew,
+                    self._q.renew,
                     {
                         "p_id": row.id,
                         "p_channel": values["channel"],
@@ -599,7 +357,7 @@ class DeliveryLedger:
                 "event_time": event_time,
                 "attempts": 0,
             }
-            inserted = locked.execute(self._q_insert, {**identity, **values})
+            inserted = locked.execute(self._q.insert, {**identity, **values})
             row_id = inserted.inserted_primary_key[0]
             row = LedgerRow(id=row_id, error=None, **identity, **values)
             return decided(ClaimKind.NEW, row)
@@ -628,7 +386,7 @@ class DeliveryLedger:
                 return existing.state == STALE
             now = _utcnow()
             locked.execute(
-                self._q_insert,
+                self._q.insert,
                 {
                     "alert_id": message.alert_id,
                     "dedup_key": message.dedup_key,
@@ -662,7 +420,7 @@ class DeliveryLedger:
             "p_attempts": attempts,
         }
         with self._using(conn) as c:
-            return c.execute(self._q_touch, params).rowcount == 1
+            return c.execute(self._q.touch, params).rowcount == 1
 
     def mark_delivered(
         self,
@@ -683,7 +441,7 @@ class DeliveryLedger:
             "p_attempts": attempts,
         }
         with self._using(conn) as c:
-            return c.execute(self._q_delivered, params).rowcount == 1
+            return c.execute(self._q.delivered, params).rowcount == 1
 
     def mark_failed(
         self,
@@ -702,7 +460,7 @@ class DeliveryLedger:
             "p_attempts": attempts,
         }
         with self._using(conn) as c:
-            return c.execute(self._q_failed, params).rowcount == 1
+            return c.execute(self._q.failed, params).rowcount == 1
 
     def release(self, claim: Claim, *, conn: Connection | None = None) -> bool:
         """Give a claim back after a failure that certainly posted nothing: the row goes away
@@ -714,5 +472,5 @@ class DeliveryLedger:
             if claim.retry_of_failure:
                 params["p_error"] = claim.row.error
                 params["p_state"] = claim.prior_state or FAILED_PERMANENT
-                return c.execute(self._q_release_failed, params).rowcount == 1
-            return c.execute(self._q_release, params).rowcount == 1
+                return c.execute(self._q.release_failed, params).rowcount == 1
+            return c.execute(self._q.release, params).rowcount == 1

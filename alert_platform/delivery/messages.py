@@ -1,9 +1,12 @@
 """Typed alert messages as consumed from ``slack-messages``, and the dead letters of delivery.
 
-A ``slack-messages`` value is JSON::
+A ``slack-messages`` value is JSON, defined once in :class:`alert_platform.wire.SlackMessage`::
 
     {"alert_id", "dedup_key", "pipeline", "channel_id", "text", "blocks",
      "source": {"topic", "partition", "offset", "timestamp"}, "created_at", "event_time"}
+
+Times follow the one RFC 3339 rule of :mod:`alert_platform.wire.timestamps` (an offset is
+required: a time without one is dead-lettered, never read as UTC).
 
 ``dedup_key`` (``{pipeline}:{hash of the alert-id template's values}``, written by the engine) is
 what the ledger de-duplicates on; a value without it uses ``alert_id``.
@@ -22,12 +25,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from alert_platform.kafka.records import SourceRecord
+from alert_platform.wire import ALERT_ID_MAX as ALERT_ID_MAX  # re-exported
+from alert_platform.wire import (
+    BadRecord,
+    MessageDeadLetter,
+    SourceRef,
+    decode_slack_message,
+    encode_message_dead_letter,
+    parse_rfc3339_utc,
+    slack_message_value,
+    source_value,
+)
+from alert_platform.wire import format_rfc3339 as format_rfc3339  # re-exported
 
 # Dead-letter error codes that are ours rather than Slack's.
 UNPARSEABLE = "unparseable_message"
-# The longest alert id the delivery ledger stores (its ``alert_id`` column).
-ALERT_ID_MAX = 512
 
 
 class InvalidMessage(ValueError):
@@ -35,32 +50,12 @@ class InvalidMessage(ValueError):
 
 
 def parse_rfc3339(value: object, field_name: str) -> datetime:
-    """An RFC 3339 timestamp as an aware UTC datetime (a missing offset is read as UTC)."""
-    if not isinstance(value, str) or not value:
-        raise InvalidMessage(f"{field_name} must be an RFC 3339 string, got {value!r}")
+    """An RFC 3339 timestamp (offset required, :mod:`alert_platform.wire.timestamps`) as an
+    aware UTC datetime; :class:`InvalidMessage` naming ``field_name`` otherwise."""
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidMessage(f"{field_name} is not RFC 3339: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        return parsed.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise InvalidMessage(f"{field_name} is out of range in UTC: {value!r}") from None
-
-
-def format_rfc3339(value: datetime) -> str:
-    """``2025-01-02T03:04:05.123456Z`` (UTC, microseconds only when present)."""
-    value = value.astimezone(UTC)
-    # Not strftime: its %Y does not zero-pad years before 1000 on glibc ("1-01-01").
-    text = (
-        f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
-        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
-    )
-    if value.microsecond:
-        text += f".{value.microsecond:06d}"
-    return text + "Z"
+        return parse_rfc3339_utc(value, field_name)
+    except BadRecord as exc:
+        raise InvalidMessage(exc.reason) from None
 
 
 @dataclass(frozen=True)
@@ -107,25 +102,21 @@ class OutboundMessage:
         return str(self.source) if self.source is not None else self.position
 
     def to_value(self) -> dict[str, Any]:
-        """The wire form (as found on ``slack-messages``)."""
-        return {
-            "alert_id": self.alert_id,
-            "dedup_key": self.dedup_key,
-            "pipeline": self.pipeline,
-            "channel_id": self.channel_id,
-            "text": self.text,
-            "blocks": self.blocks,
-            "source": None
-            if self.source is None
-            else {
-                "topic": self.source.topic,
-                "partition": self.source.partition,
-                "offset": self.source.offset,
-                "timestamp": self.source.timestamp,
-            },
-            "created_at": None if self.created_at is None else format_rfc3339(self.created_at),
-            "event_time": format_rfc3339(self.event_time),
-        }
+        """The wire form (as on ``slack-messages``: :class:`~alert_platform.wire.SlackMessage`)."""
+        source = self.source
+        return slack_message_value(
+            self.alert_id,
+            self.dedup_key,
+            self.pipeline,
+            self.channel_id,
+            self.text,
+            self.blocks,
+            None
+            if source is None
+            else source_value(source.topic, source.partition, source.offset, source.timestamp),
+            None if self.created_at is None else format_rfc3339(self.created_at),
+            format_rfc3339(self.event_time),
+        )
 
 
 def _required_str(value: Mapping[str, Any], name: str) -> str:
@@ -146,6 +137,9 @@ def _encodable(item: str, name: str) -> None:
 def _source(raw: object) -> SourcePosition | None:
     if raw is None:
         return None
+    if isinstance(raw, SourceRef):  # from the typed decoder
+        raw = {"topic": raw.topic, "partition": raw.partition, "offset": raw.offset,
+               "timestamp": raw.timestamp}  # fmt: skip
     if not isinstance(raw, Mapping):
         raise InvalidMessage(f"source must be an object, got {type(raw).__name__}")
     topic, partition, offset = raw.get("topic"), raw.get("partition"), raw.get("offset")
@@ -220,12 +214,22 @@ def _loads(raw: bytes | str) -> Any:
         raise InvalidMessage(f"value is not JSON: {str(exc)[:200]}") from None
 
 
+def _decoded(raw: bytes) -> Any:
+    """The value read with the typed :class:`~alert_platform.wire.SlackMessage` decoder (its
+    fields as a mapping), else generically (:func:`_loads`) so that the checks of
+    :func:`message_from_value` word why it does not fit."""
+    try:
+        return msgspec.structs.asdict(decode_slack_message(raw))
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return _loads(raw)
+
+
 def parse_message(record: SourceRecord) -> OutboundMessage:
     """One ``slack-messages`` record as an :class:`OutboundMessage`; :class:`InvalidMessage`
     when it cannot be delivered (empty value, not JSON, missing or mistyped fields)."""
     if record.value is None:
         raise InvalidMessage("record has no value (tombstone)")
-    value = _loads(record.value)
+    value = _decoded(record.value)
     try:
         return message_from_value(value, position=record.position, raw=record.value)
     except InvalidMessage:
@@ -260,22 +264,17 @@ class DeadLetter:
                 original = _loads(self.raw)
             except InvalidMessage:
                 original = self.raw.decode("utf-8", errors="replace")
-        body = {
-            "alert_id": self.alert_id,
-            "error": self.error,
-            "detail": self.detail,
-            "attempts": self.attempts,
-            "channel": self.channel,
-            "position": self.position,
-            "failed_at": format_rfc3339(datetime.now(UTC)),
-            "message": original,
-        }
-        try:
-            return json.dumps(body, separators=(",", ":")).encode()
-        except (RecursionError, ValueError, TypeError):
-            assert self.raw is not None  # only a decoded original can fail to encode
-            body["message"] = self.raw.decode("utf-8", errors="replace")
-            return json.dumps(body, separators=(",", ":")).encode()
+        letter = MessageDeadLetter(
+            alert_id=self.alert_id,
+            error=self.error,
+            detail=self.detail,
+            attempts=self.attempts,
+            channel=self.channel,
+            position=self.position,
+            failed_at=format_rfc3339(datetime.now(UTC)),
+            message=original,
+        )
+        return encode_message_dead_letter(letter, self.raw)
 
     @classmethod
     def for_message(

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, make_url
 
 from alert_platform.storage import UTCDateTime, locked_begin, make_engine, sqlite_write_lock
+from alert_platform.wire import encode_slack_response
 
 LOG = logging.getLogger("alert_platform.delivery.outbox")
 
@@ -123,7 +123,7 @@ class Outbox:
     def add(self, record: dict[str, Any], *, key: str | None = None) -> int:
         """Store one ``slack-responses`` record (committed when this returns); its row id.
         ``key``: the Kafka key (default the record's ``alert_id``)."""
-        value = orjson.dumps(record).decode()
+        value = encode_slack_response(record).decode()  # the bytes a first send produces
         row = {
             "response_id": str(record.get("response_id") or ""),
             "key": (key if key is not None else str(record.get("alert_id", "")))[:KEY_MAX],

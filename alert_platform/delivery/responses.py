@@ -16,8 +16,9 @@
 ``Retry-After`` is bounded (:func:`retry_after_seconds`): whatever Slack or a proxy sends
 (``inf``, ``nan``, negative, huge, garbage), the wait is within ``[1, maximum]`` seconds.
 
-The ``slack-responses`` record (:func:`build_response_record`, keyed by ``alert_id``), one per
-attempt outcome::
+The ``slack-responses`` record (:func:`build_response_record`, keyed by ``alert_id``; the
+contract is :class:`alert_platform.wire.SlackResponse`, encoded by
+:func:`alert_platform.wire.encode_slack_response`), one per attempt outcome::
 
     {"response_id": "<32 hex>",      # stable: the same outcome written again has the same id
      "outcome": "ok" | "retry" | "failed" | "stale" | "duplicate",
@@ -47,7 +48,7 @@ from urllib.error import URLError
 
 import orjson
 
-from alert_platform.delivery.messages import format_rfc3339
+from alert_platform.wire import SlackResponse, format_rfc3339, slack_response_value
 
 
 class Outcome(enum.Enum):
@@ -317,8 +318,8 @@ def build_response_record(
     a response)."""
     kind = outcome or response_outcome(ok, error)
     event = _rfc3339_or_none(event_time)
-    return {
-        "response_id": response_id(
+    record = SlackResponse(
+        response_id=response_id(
             key=dedup_key or alert_id,
             event_time=event,
             outcome=kind,
@@ -327,15 +328,16 @@ def build_response_record(
             error=error,
             attempts=attempts,
         ),
-        "outcome": kind,
-        "alert_id": alert_id,
-        "dedup_key": dedup_key,
-        "event_time": event,
-        "ok": ok,
-        "channel": channel,
-        "ts": ts,
-        "error": error,
-        "attempts": attempts,
-        "slack_date": slack_date_rfc3339(date_header),
-        "delivered_at": _rfc3339_or_none(delivered_at),
-    }
+        outcome=kind,
+        alert_id=alert_id,
+        dedup_key=dedup_key,
+        event_time=event,
+        ok=ok,
+        channel=channel,
+        ts=ts,
+        error=error,
+        attempts=attempts,
+        slack_date=slack_date_rfc3339(date_header),
+        delivered_at=_rfc3339_or_none(delivered_at),
+    )
+    return slack_response_value(record)

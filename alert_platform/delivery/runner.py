@@ -13,15 +13,15 @@ Live delivery posts nothing older than ``settings.max_alert_age_hours`` (outcome
 ``allow_stale=True`` (explicit backfills) posts it anyway. Lease, call deadline and the
 ``Retry-After`` cap come from the settings.
 
-:func:`needs_delivery` / :func:`ranges_already_delivered` run inside the delivery tail sensor's
-tick: they never raise because of what a record holds; a range they cannot judge needs a run.
+A run that finished every record of its ranges (and flushed the outcomes) records them in
+:mod:`alert_platform.delivery.handled_ranges`; :func:`ranges_already_delivered`, which the
+delivery tail sensor's tick calls, answers from that table only (no Kafka read) and never
+raises. :func:`needs_delivery` asks Kafka and the ledger instead (tools and tests; never a tick).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,9 +32,12 @@ from slack_sdk import WebClient
 
 from alert_platform import topics
 from alert_platform.delivery.deliverer import DeliveryReport, deliver_batch, shared_pacer
+from alert_platform.delivery.handled_ranges import HandledRanges
 from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.delivery.messages import parse_records
 from alert_platform.delivery.outbox import Outbox
+from alert_platform.delivery.written_alerts import WrittenAlerts
+from alert_platform.kafka.admin import topic_id as current_topic_id
 from alert_platform.kafka.clients import make_consumer
 from alert_platform.kafka.offsets import BROKER_HINT, OffsetRange
 from alert_platform.kafka.reader import read_ranges
@@ -42,11 +45,9 @@ from alert_platform.kafka.records import SourceRecord
 from alert_platform.kafka.writer import BatchProducer, ProduceError
 from alert_platform.pipelines.registry import PIPELINES
 from alert_platform.settings import Settings
+from alert_platform.wire import encode_slack_response
 
 LOG = logging.getLogger("alert_platform.delivery.runner")
-# Test hook, inert unless set: the process exits at once (no cleanup) after the deliveries were
-# recorded in the ledger and before the producer flush of slack-responses (fault suite).
-CRASH_BEFORE_FLUSH_ENV = "ALERT_PLATFORM_CRASH_BEFORE_RESPONSES_FLUSH"
 
 
 @dataclass
@@ -60,6 +61,8 @@ class DeliveryRunReport:
     responses_replayed: int = 0
     outbox_errors: int = 0
     dead_letters_written: int = 0
+    # ranges recorded as handled (every record finished) for the delivery sensor
+    handled_ranges: int = 0
     elapsed_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -83,6 +86,7 @@ class DeliveryRunReport:
             "responses_replayed": self.responses_replayed,
             "stale": self.stale,
             "dead_letters_written": self.dead_letters_written,
+            "handled_ranges": self.handled_ranges,
             "elapsed_s": round(self.elapsed_s, 3),
             "offset_ranges": [str(r) for r in self.ranges],
             **counts,
@@ -112,6 +116,7 @@ def run_delivery(
     owner: str | None = None,
     allow_stale: bool = False,
     outbox: Outbox | None = None,
+    producer: BatchProducer | None = None,
     **deliver_options: Any,
 ) -> DeliveryRunReport:
     """Deliver the alerts in ``ranges`` exactly once; raise what ``deliver_batch`` raises.
@@ -122,7 +127,8 @@ def run_delivery(
     ``SLACK_CHANNEL_BURST``, ``ALERT_PLATFORM_DELIVERY_WORKERS``) unless ``deliver_options``
     names a ``pacer`` / ``max_workers``. ``allow_stale``: post alerts older than
     ``settings.max_alert_age_hours`` too (explicit backfills only). ``outbox``: the
-    ``slack-responses`` outbox (default: the one in the ledger's database).
+    ``slack-responses`` outbox (default: the one in the ledger's database). ``producer``: the
+    run's Kafka producer for outcomes (default: a new one from ``settings``).
     """
     if deliver_options.get("pacer") is None:
         deliver_options["pacer"] = shared_pacer(
@@ -143,9 +149,10 @@ def run_delivery(
     report.records_read = len(records)
     own_ledger = ledger is None
     ledger = ledger or DeliveryLedger(settings.effective_ledger_url, owner=owner, lease=lease)
+    state_url = getattr(ledger, "url", None) or settings.effective_ledger_url
     own_outbox = outbox is None
-    outbox = outbox or Outbox(getattr(ledger, "url", None) or settings.effective_ledger_url)
-    out = BatchProducer.from_settings(settings)
+    outbox = outbox or Outbox(state_url)
+    out = producer if producer is not None else BatchProducer.from_settings(settings)
     sent_ids: list[int] = []
     try:
         report.responses_replayed = _replay_outbox(outbox, out, sent_ids, grace=lease)
@@ -160,7 +167,7 @@ def run_delivery(
         except Exception as exc:  # produce it anyway (at most once for this record)
             report.outbox_errors += 1
             LOG.error("could not store a slack-responses record in the outbox: %s", exc)
-        out.produce(topics.SLACK_RESPONSES, key.encode(), json.dumps(record, separators=(",", ":")))
+        out.produce(topics.SLACK_RESPONSES, key.encode(), encode_slack_response(record))
         report.responses_written += 1
 
     try:
@@ -180,8 +187,6 @@ def run_delivery(
         raise
     finally:
         try:
-            if os.environ.get(CRASH_BEFORE_FLUSH_ENV):
-                os._exit(70)  # fault suite: die with the responses unflushed
             _write_outcomes(out, report)
             _mark_sent(outbox, sent_ids, report)
         finally:
@@ -190,7 +195,47 @@ def run_delivery(
             if own_ledger:
                 ledger.close()
             report.elapsed_s = time.monotonic() - started
+    _record_handled(settings, ranges, report, url=state_url, owner=owner)
     return report
+
+
+def finished(report: DeliveryRunReport) -> bool:
+    """Whether every record read has its final outcome (posted, duplicate, suppressed,
+    dead-lettered or stale) and nothing was left for a later run."""
+    delivery = report.delivery
+    if delivery is None:
+        return report.records_read == 0
+    left = delivery.released + delivery.unfinished + delivery.not_attempted
+    return left == 0 and delivery.stopped_by is None
+
+
+def _record_handled(
+    settings: Settings,
+    ranges: Sequence[OffsetRange],
+    report: DeliveryRunReport,
+    *,
+    url: str,
+    owner: str | None,
+) -> None:
+    """Tell the delivery sensor (through the ledger database) that ``ranges`` need no run.
+    Never raises: a range not recorded merely gets a catch-up run, which finds duplicates."""
+    if not ranges or not finished(report):
+        return
+    try:
+        ids = {rng.topic: current_topic_id(settings, rng.topic) for rng in ranges}
+        with HandledRanges(url) as handled:
+            for topic, tid in ids.items():
+                mine = [rng for rng in ranges if rng.topic == topic]
+                handled.record(mine, topic_id=tid, run_id=owner or "")
+        report.handled_ranges = len(ranges)
+    except Exception as exc:
+        LOG.warning(
+            "could not record %d delivered range(s) as handled (%s: %.300s); the delivery "
+            "sensor gives them a catch-up run",
+            len(ranges),
+            type(exc).__name__,
+            exc,
+        )
 
 
 def _replay_outbox(
@@ -240,7 +285,8 @@ def needs_delivery(settings: Settings, rng: OffsetRange, ledger: DeliveryLedger)
     """Whether any record of ``rng`` still needs a delivery run.
 
     False only when every record parses and the ledger already holds it as delivered (e.g. an
-    enrichment run delivered its own alerts inline), so a tail sensor can skip the range. Never
+    enrichment run delivered its own alerts inline). It reads the range from Kafka: not for a
+    sensor tick (:func:`ranges_already_delivered` is). Never
     raises: a range it cannot judge (a record that breaks parsing or the ledger, a read error)
     needs a run, which dead-letters what is bad.
     """
@@ -257,20 +303,63 @@ def needs_delivery(settings: Settings, rng: OffsetRange, ledger: DeliveryLedger)
         return True
 
 
-def ranges_already_delivered(settings: Settings, ranges: Sequence[OffsetRange]) -> set[OffsetRange]:
-    """The ``slack-messages`` ranges every record of which the ledger holds as delivered.
-    Never raises (the delivery tail sensor calls it every tick): when the ledger cannot be
-    opened, no range counts as delivered."""
+def record_written(
+    settings: Settings,
+    written: Sequence[OffsetRange],
+    messages: Sequence[tuple[bytes, bytes]],
+    *,
+    owner: str = "",
+) -> bool:
+    """Record which alerts ``written`` holds when it holds exactly ``messages`` (the
+    ``(key, value)`` records an enrichment run produced there, no other producer's in between),
+    so the delivery sensor can tell from the ledger that they were delivered (re-derived
+    alerts, or alerts a backfill delivered again). Never raises; whether they were recorded."""
+    written = [r for r in written if r.topic == topics.SLACK_MESSAGES]
+    if not written or sum(r.size for r in written) != len(messages):
+        return False
     try:
-        ledger = DeliveryLedger(settings.effective_ledger_url)
+        records = [
+            SourceRecord(topics.SLACK_MESSAGES, -1, -1, 0, key, value) for key, value in messages
+        ]
+        parsed = parse_records(records)
+        if parsed.dead_letters:
+            return False
+        tid = current_topic_id(settings, topics.SLACK_MESSAGES)
+        with WrittenAlerts(settings.effective_ledger_url) as table:
+            table.record(written, parsed.messages, topic_id=tid, run_id=owner)
+        return True
     except Exception as exc:
-        LOG.warning("the delivery ledger cannot be opened (%s: %.300s); every range needs a run",
+        LOG.warning("could not record which alerts were written where (%s: %.300s)",
+                    type(exc).__name__, exc)  # fmt: skip
+        return False
+
+
+def ranges_already_delivered(
+    settings: Settings, ranges: Sequence[OffsetRange], topic_id: str = ""
+) -> set[OffsetRange]:
+    """The ``slack-messages`` ranges (of the topic incarnation ``topic_id``; empty: the topic's
+    current id, from the broker's metadata) a finished delivery recorded as handled, or whose
+    recorded alerts (:mod:`alert_platform.delivery.written_alerts`) the ledger holds as
+    delivered: from the ledger database alone, no record is read, so the delivery tail
+    sensor's tick stays cheap whatever the records hold. Never raises: when the tables cannot
+    be read, no range counts as delivered."""
+    try:
+        topic_ids = {rng.topic: topic_id for rng in ranges}
+        for topic in topic_ids if not topic_id else ():
+            topic_ids[topic] = current_topic_id(settings, topic)
+        url = settings.effective_ledger_url
+        window = timedelta(hours=settings.dedup_window_hours)
+        out: set[OffsetRange] = set()
+        with HandledRanges(url) as handled, WrittenAlerts(url) as written:
+            for topic, tid in topic_ids.items():
+                mine = [rng for rng in ranges if rng.topic == topic]
+                out |= handled.handled(mine, topic_id=tid)
+                rest = [rng for rng in mine if rng not in out]
+                if rest:
+                    with DeliveryLedger(url) as ledger:
+                        out |= written.delivered(rest, ledger, window, topic_id=tid)
+        return out
+    except Exception as exc:
+        LOG.warning("the handled ranges cannot be read (%s: %.300s); every range needs a run",
                     type(exc).__name__, exc)  # fmt: skip
         return set()
-    try:
-        return {rng for rng in ranges if not needs_delivery(settings, rng, ledger)}
-    finally:
-        try:
-            ledger.close()
-        except Exception:
-            LOG.debug("closing the delivery ledger failed", exc_info=True)

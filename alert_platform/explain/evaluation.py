@@ -10,10 +10,11 @@ its stages here. Why a filter dropped an event comes from the spec's ``explain_f
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from msgspec import UNSET
 
 from alert_platform import topics
 from alert_platform.explain.models import (
@@ -28,6 +29,7 @@ from alert_platform.explain.models import (
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.pipelines.engine import STAGE_VALIDATE, BatchResult, enrich_batch
 from alert_platform.pipelines.spec import Context, Join, Lookup, PipelineSpec, RenderOptions
+from alert_platform.wire import decode_slack_message
 
 
 @dataclass
@@ -139,8 +141,9 @@ def evaluate(
         explanation.alert_id = alert.alert_id
         explanation.event_time = alert.event_time
         explanation.channel = alert.channel_id
-        value = json.loads(alert.value)
-        intended = value.get("intended_for")
+        intended = decode_slack_message(alert.value).intended_for
+        if intended is UNSET:
+            intended = None
         if intended is not None:
             explanation.routed_to_fallback = True
             explanation.intended_for = intended

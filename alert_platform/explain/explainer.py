@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from confluent_kafka import Consumer
 
 from alert_platform import topics
@@ -56,6 +57,7 @@ from alert_platform.retention import RUN_INDEX, PruneLog, PruneMark
 from alert_platform.run_index import RunIndex
 from alert_platform.settings import Settings
 from alert_platform.tables.topic_loader import LoadedTable
+from alert_platform.wire import BadRecord, decode_slack_message, parse_rfc3339_utc
 
 DEFAULT_SCAN_LIMIT = 100_000  # slack-messages records per partition searched for an alert id
 _READ_TIMEOUT_S = 15.0
@@ -243,11 +245,7 @@ class Explainer:
             for batch in read_range(self.consumer, rng, timeout_s=_READ_TIMEOUT_S):
                 for record in batch:
                     if record.key == key:
-                        try:
-                            value = json.loads(record.value or b"null")
-                        except ValueError:
-                            value = None
-                        found.append((record.position, value if isinstance(value, dict) else {}))
+                        found.append((record.position, _message_value(record.value)))
         return found
 
     def tables_for(self, spec: PipelineSpec) -> dict[str, LoadedTable]:
@@ -343,10 +341,7 @@ def _relation(row: LedgerRow, position: str, event_time: str | None) -> str:
     if row.source == position:
         return "this event"
     if event_time is not None:
-        try:
-            moment = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
-        except ValueError:
-            moment = None
+        moment = _moment(event_time)
         if moment is not None and moment == row.event_time:
             return "this event"
     return "another event of this alert"
@@ -383,14 +378,25 @@ def delivery_summary(alert_id: str, entries: list[LedgerEntry], outcome: str) ->
 
 
 def _moment(value: Any) -> datetime | None:
-    """An RFC 3339 text as an aware datetime (``None``: not one)."""
-    if not isinstance(value, str):
-        return None
+    """An RFC 3339 text as an aware UTC datetime (``None``: not one, by the one rule of
+    :mod:`alert_platform.wire.timestamps`: an offset is required)."""
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return parse_rfc3339_utc(value)
+    except BadRecord:
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _message_value(raw: bytes | None) -> dict[str, Any]:
+    """A ``slack-messages`` value as a dict (:class:`~alert_platform.wire.SlackMessage`); a
+    foreign record that does not fit the contract as far as it is a JSON object, else ``{}``."""
+    try:
+        value = msgspec.to_builtins(decode_slack_message(raw or b"null"))
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        try:
+            value = json.loads(raw or b"null")
+        except (ValueError, RecursionError):
+            value = None
+    return value if isinstance(value, dict) else {}
 
 
 def _text(raw: bytes | None) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
-from alert_platform.kafka import properties
+from alert_platform import librdkafka_properties as properties
 from alert_platform.settings import Settings
 
 DEFAULT_GROUP_ID = "alert-platform-reader"

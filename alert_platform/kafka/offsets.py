@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 # How long one consume() call may block while probing: short, so that a finished probe
 # returns at once (consume() only returns early when it has its full count of messages).
@@ -134,14 +135,18 @@ def watermarks(
     partitions: Iterable[int] | None = None,
     *,
     timeout: float = 10.0,
+    admin: AdminClient | None = None,
 ) -> dict[int, tuple[int, int]]:
     """``(low, high)`` watermarks per partition, straight from the broker (ListOffsets).
 
-    On the local broker ``high`` is *not* the end of the partition: use
-    :func:`probe_end_offsets` for that.
+    With ``admin``, two ``AdminClient.list_offsets`` calls (earliest, latest) cover every
+    partition; else one request per partition through ``consumer``. On the local broker
+    ``high`` is *not* the end of the partition: use :func:`probe_end_offsets` for that.
     """
     if partitions is None:
         partitions = list_partitions(consumer, topic, timeout=timeout)
+    if admin is not None:
+        return list_watermarks(admin, topic, partitions, timeout=timeout)
     out: dict[int, tuple[int, int]] = {}
     for partition in partitions:
         try:
@@ -154,6 +159,25 @@ def watermarks(
             ) from exc
         out[partition] = (int(low), int(high))
     return out
+
+
+def list_watermarks(
+    admin: AdminClient, topic: str, partitions: Iterable[int], *, timeout: float = 10.0
+) -> dict[int, tuple[int, int]]:
+    """``(low, high)`` per partition from two ``list_offsets`` calls (all partitions each)."""
+    wanted = sorted(set(partitions))
+    if not wanted:
+        return {}
+    answers: list[dict[int, int]] = []
+    for spec in (OffsetSpec.earliest(), OffsetSpec.latest()):
+        request = {TopicPartition(topic, p): spec for p in wanted}
+        try:
+            futures = admin.list_offsets(request, request_timeout=timeout)
+            answers.append({tp.partition: int(f.result().offset) for tp, f in futures.items()})
+        except Exception as exc:  # KafkaException from the call or a future
+            raise OffsetError(f"watermarks of {topic} failed: {exc}; {BROKER_HINT}") from exc
+    low, high = answers
+    return {p: (low[p], high[p]) for p in wanted}
 
 
 def low_watermarks(
@@ -199,16 +223,17 @@ def probe_watermarks(
     *,
     timeout: float = 10.0,
     idle_s: float = DEFAULT_PROBE_IDLE_S,
+    admin: AdminClient | None = None,
 ) -> dict[int, tuple[int, int]]:
     """``(low watermark, true end)`` per partition: :func:`probe_end_offsets` plus the low
-    watermarks it reads anyway.
+    watermarks it reads anyway (through ``admin``'s ``list_offsets`` when given).
 
     Prefer it to ``probe_end_offsets`` + :func:`low_watermarks`: a ListOffsets request sent
     right after the probe waits behind the probe's last (long-poll) fetch on the same broker
     connection, i.e. up to ``fetch.wait.max.ms``.
     """
     deadline = time.monotonic() + timeout
-    marks = watermarks(consumer, topic, partitions, timeout=timeout)
+    marks = watermarks(consumer, topic, partitions, timeout=timeout, admin=admin)
     lows = {partition: low for partition, (low, _high) in marks.items()}
     ends = {partition: max(high, 0) for partition, (_low, high) in marks.items()}
     to_read = [

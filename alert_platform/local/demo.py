@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from alert_platform import topics
-from alert_platform.kafka.clients import make_producer
+from alert_platform.kafka.writer import BatchProducer
 from alert_platform.settings import Settings
 
 UNMAPPED_MEMBER = ("margaret.hamilton@example.com", "Margaret Hamilton")
@@ -96,23 +96,22 @@ def _encode(value: dict[str, Any] | None) -> bytes | None:
 
 def produce_lookup_tables(settings: Settings, data: DemoData) -> int:
     """Write the demo assignments and Slack users to their compacted topics."""
-    producer = make_producer(settings)
-    for org_id, row in data.assignments.items():
-        producer.produce(topics.CSDR_ASSIGNMENT, key=org_id.encode(), value=_encode(row))
-    for email, row in data.slack_users.items():
-        producer.produce(topics.SLACK_USERS, key=email.encode(), value=_encode(row))
-    remaining = producer.flush(30)
-    if remaining:
-        raise RuntimeError(f"{remaining} demo lookup records were not delivered to Kafka")
+    producer = BatchProducer.from_settings(settings)
+    producer.produce_many(
+        topics.CSDR_ASSIGNMENT, ((k.encode(), _encode(row)) for k, row in data.assignments.items())
+    )
+    producer.produce_many(
+        topics.SLACK_USERS, ((k.encode(), _encode(row)) for k, row in data.slack_users.items())
+    )
+    producer.flush(30)  # ProduceError names what was not delivered
     return len(data.assignments) + len(data.slack_users)
 
 
 def produce_events(settings: Settings, events: list[tuple[str, dict[str, Any]]]) -> int:
     """Write notification events to ``data-notifications-pipeline``."""
-    producer = make_producer(settings)
-    for org_id, event in events:
-        producer.produce(topics.NOTIFICATIONS, key=org_id.encode(), value=_encode(event))
-    remaining = producer.flush(30)
-    if remaining:
-        raise RuntimeError(f"{remaining} demo events were not delivered to Kafka")
+    producer = BatchProducer.from_settings(settings)
+    producer.produce_many(
+        topics.NOTIFICATIONS, ((org.encode(), _encode(event)) for org, event in events)
+    )
+    producer.flush(30)
     return len(events)

@@ -84,9 +84,11 @@ def platform_environment(settings: Settings, dagster_home: Path) -> dict[str, st
             "ALERT_PLATFORM_DATA_DIR": str(settings.data_dir.resolve()),
             "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "SLACK_API_URL": settings.slack_api_url,
-            "SLACK_BOT_TOKEN": settings.slack_bot_token,
+            "ALERT_PLATFORM_KAFKA_PROFILE": settings.kafka_profile,
+            "SLACK_BOT_TOKEN": settings.slack_bot_token.get_secret_value(),
             "BIGQUERY_API_ENDPOINT": settings.bigquery_api_endpoint,
             "BIGQUERY_PROJECT": settings.bigquery_project,
+            "BIGQUERY_DATASET": settings.bigquery_dataset,
             "PYTHONUNBUFFERED": "1",
         }
     )

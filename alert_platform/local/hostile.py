@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from alert_platform import topics
+from alert_platform.wire import format_rfc3339
 
 Outcome = Literal["alert", "dlq", "stale", "none"]
 
@@ -38,7 +39,7 @@ class HostileCase:
 
 
 def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_rfc3339(moment.replace(microsecond=0))
 
 
 def _event(org: str, env: str, connector: str, time: str, *, name: str = "orders-sink") -> bytes:

@@ -24,6 +24,7 @@ from alert_platform.local.processes import (
     http_probe,
     tcp_probe,
 )
+from alert_platform.local.profile import local_settings
 from alert_platform.local.sandbox.server import SANDBOX_TOKEN_ENV
 from alert_platform.settings import Settings
 
@@ -89,7 +90,7 @@ def _tansu_or_placeholder() -> str:
 
 
 def free_port_settings(data_dir: Path, base: Settings | None = None) -> Settings:
-    """``base`` (default: built-in defaults) moved to free 127.0.0.1 ports and ``data_dir``.
+    """``base`` (default: the local profile) moved to free 127.0.0.1 ports and ``data_dir``.
 
     For tests and throw-away stacks that must not collide with another stack on this machine.
     """
@@ -97,7 +98,7 @@ def free_port_settings(data_dir: Path, base: Settings | None = None) -> Settings
     while len(ports) < 3:
         ports.add(find_free_port())
     kafka_port, slack_port, bigquery_port = sorted(ports)
-    base = base or Settings()
+    base = base or local_settings()
     return base.with_overrides(
         data_dir=Path(data_dir),
         kafka={**base.kafka, "bootstrap.servers": f"{LOCALHOST}:{kafka_port}"},
@@ -224,7 +225,7 @@ class LocalStack:
                 cwd=self.data_dir / "slack",
                 # The token goes in the child's environment, never on its command line (which
                 # `ps`, the pid file and the log's "starting:" line show).
-                env={SANDBOX_TOKEN_ENV: s.slack_bot_token},
+                env={SANDBOX_TOKEN_ENV: s.slack_bot_token.get_secret_value()},
                 start_timeout=self.start_timeout,
                 port_hint="set SLACK_API_URL to another port",
             )

@@ -36,9 +36,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import orjson
-
-from alert_platform.delivery.messages import ALERT_ID_MAX
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.pipelines.spec import (
     BadRecord,
@@ -48,11 +45,18 @@ from alert_platform.pipelines.spec import (
     RenderOptions,
     compile_dedup_key,
     compile_template,
+)
+from alert_platform.slack.blocks import VALUE_MAX
+from alert_platform.wire import (
+    ALERT_ID_MAX,
+    REASON_MAX,
+    AlertDeadLetterHeaders,
+    alerts_dlq_headers,
+    encode_slack_message_at,
     format_rfc3339,
     kind_of,
     parse_rfc3339,
 )
-from alert_platform.slack.blocks import VALUE_MAX
 
 STAGE_PARSE = "parse"
 STAGE_FILTER = "filter"
@@ -60,8 +64,7 @@ STAGE_VALIDATE = "validate"
 STAGE_JOIN = "join"
 STAGE_RENDER = "render"
 
-# Longest dead-letter reason (and header text) we write.
-REASON_MAX = 1000
+# Longest dead-letter reason (and header text) we write: wire.REASON_MAX (imported above).
 # Longest destination (channel name or id, user id) accepted from a route.
 DESTINATION_MAX = 255
 PAST_VARIABLE = "ALERT_EVENT_TIME_MAX_PAST_HOURS"
@@ -73,7 +76,7 @@ class Alert(NamedTuple):
 
     alert_id: str
     key: bytes  # alert id, UTF-8
-    value: bytes  # orjson-encoded message (see docs/architecture.md "Wire formats")
+    value: bytes  # the slack-messages value (alert_platform.wire.SlackMessage)
     source: SourceRecord
     channel_id: str
     event_time: str
@@ -241,7 +244,7 @@ def enrich_batch(
     route_check = spec.route.check
     intended = tuple(spec.route.intended_for.items())
     fallback_channel = options.fallback_channel
-    dumps = orjson.dumps
+    encode = encode_slack_message_at  # the slack-messages contract, one dict literal + orjson
     new_alert = tuple.__new__  # Alert(...) without the NamedTuple's Python-level __new__
 
     alerts: list[Alert] = []
@@ -322,25 +325,11 @@ def enrich_batch(
             event_time = fields[event_time_field]
             text, blocks = render(context)
             topic, partition, offset, timestamp_ms = record[:4]
-            value: dict[str, Any] = {
-                "alert_id": alert_id,
-                "dedup_key": dedup_key_of(fields, alert_id),
-                "pipeline": name,
-                "channel_id": channel,
-                "text": text,
-                "blocks": blocks,
-                "source": {
-                    "topic": topic,
-                    "partition": partition,
-                    "offset": offset,
-                    "timestamp": timestamp_ms,
-                },
-                "created_at": created_at,
-                "event_time": event_time,
-            }
-            if context.intended_for is not None:
-                value["intended_for"] = context.intended_for
-            encoded = dumps(value)
+            encoded = encode(
+                alert_id, dedup_key_of(fields, alert_id), name, channel, text, blocks,
+                topic, partition, offset, timestamp_ms, created_at, event_time,
+                context.intended_for,
+            )  # fmt: skip
             key = alert_id.encode()
         except BadRecord as exc:
             add_dead(DeadLetter(record, _reason(exc), STAGE_RENDER, name))
@@ -364,33 +353,26 @@ def enrich_batch(
 
 
 def encode_dead_letter(dead_letter: DeadLetter) -> DeadLetterMessage:
-    """The ``alerts-dlq`` message: original key and value bytes, the why and where as headers.
+    """The ``alerts-dlq`` message: original key and value bytes, the why and where as headers
+    (:class:`~alert_platform.wire.AlertDeadLetterHeaders`).
 
     Never raises: header texts are bounded and encoded with replacement, odd fields shown by
     their kind."""
     record = dead_letter.record
-    headers = [
-        ("error", _header(dead_letter.reason)),
-        ("error_stage", _header(dead_letter.stage)),
-        ("pipeline", _header(dead_letter.pipeline)),
-        ("source_topic", _header(getattr(record, "topic", None))),
-        ("source_partition", _header(getattr(record, "partition", None))),
-        ("source_offset", _header(getattr(record, "offset", None))),
-        ("source_timestamp", _header(getattr(record, "timestamp_ms", None))),
-    ]
-    return DeadLetterMessage(
-        _raw(getattr(record, "key", None)), _raw(getattr(record, "value", None)), headers
+    headers = AlertDeadLetterHeaders(
+        error=dead_letter.reason,
+        error_stage=dead_letter.stage,
+        pipeline=dead_letter.pipeline,
+        source_topic=getattr(record, "topic", None),
+        source_partition=getattr(record, "partition", None),
+        source_offset=getattr(record, "offset", None),
+        source_timestamp=getattr(record, "timestamp_ms", None),
     )
-
-
-def _header(value: Any) -> bytes:
-    try:
-        text = value if type(value) is str else str(value)
-    except Exception:
-        text = f"({type(value).__name__})"
-    if len(text) > REASON_MAX:
-        text = text[: REASON_MAX - 1] + "…"
-    return text.encode("utf-8", "replace")
+    return DeadLetterMessage(
+        _raw(getattr(record, "key", None)),
+        _raw(getattr(record, "value", None)),
+        alerts_dlq_headers(headers),
+    )
 
 
 def _raw(value: Any) -> bytes | None:

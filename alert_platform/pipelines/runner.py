@@ -80,6 +80,9 @@ class EnrichmentReport:
     # offsets deleted by retention before they were read (from the sensor and found here)
     lost: list[OffsetRange] = field(default_factory=list)
     tables_s: float = 0.0
+    # slack-messages records produced, and their (key, value) when ``keep_messages`` allowed
+    messages_written: int = 0
+    messages: list[tuple[bytes, bytes]] | None = None
     # from the first source record read to the last output flushed (0.0: nothing was read)
     processing_s: float = 0.0
     elapsed_s: float = 0.0
@@ -134,6 +137,8 @@ def run_enrichment(
     index: RunIndex | None = None,
     batch_size: int = 10_000,
     lost: Sequence[OffsetRange] = (),
+    keep_messages: int = 0,
+    producer: BatchProducer | None = None,
 ) -> EnrichmentReport:
     """Enrich ``ranges`` of ``spec.source_topic``; raise if any record cannot be written.
 
@@ -141,14 +146,17 @@ def run_enrichment(
     ``[start, end)``. Live runs (no window) are recorded in ``index`` once their output is
     flushed. ``lost``: retention gaps the sensor found before these ranges; the report's
     ``lost`` adds those the reader finds (a range starting below the low watermark is read
-    from the low watermark on).
+    from the low watermark on). ``keep_messages``: keep the ``slack-messages`` records in
+    ``report.messages`` when the run writes at most that many (else ``None``). ``producer``:
+    the run's Kafka producer (default: a new one from ``settings``).
     """
     started = time.monotonic()
     report = EnrichmentReport(spec.name)
+    kept: list[tuple[bytes, bytes]] | None = [] if keep_messages > 0 else None
     for gap in lost:
         report.add_gap(gap)
     consumer = make_consumer(settings, **RUN_CONSUMER_CONFIG)
-    out = BatchProducer.from_settings(settings)
+    out = producer if producer is not None else BatchProducer.from_settings(settings)
     with _cyclic_gc_paused():
         try:
             report.tables = (
@@ -173,6 +181,11 @@ def run_enrichment(
                         batch = kept
                     result = enrich_batch(spec, batch, lookups, options)
                     out.produce_many(topics.SLACK_MESSAGES, map(_key_value, result.alerts))
+                    report.messages_written += len(result.alerts)
+                    if kept is not None:
+                        kept.extend(map(_key_value, result.alerts))
+                        if len(kept) > keep_messages:
+                            kept = None
                     for dead in result.dead_letters:
                         message = encode_dead_letter(dead)
                         out.produce(topics.ALERTS_DLQ, message.key, message.value, message.headers)
@@ -180,6 +193,7 @@ def run_enrichment(
                     report.counts = report.counts + result.counts
             flushed = out.flush()
             report.written = flushed.written_ranges()
+            report.messages = kept
             if first_record_at is not None:
                 report.processing_s = time.monotonic() - first_record_at
         finally:

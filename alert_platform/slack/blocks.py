@@ -34,8 +34,12 @@ from slack_sdk.models.blocks import Block, MarkdownTextObject
 
 from alert_platform.slack.mrkdwn import escape, neutralise, truncate
 
-# Block Kit limits (docs.slack.dev/reference/block-kit), counted in characters.
+# Block Kit limits (docs.slack.dev/reference/block-kit), counted in characters: the one place
+# they are written (the renderers below and the local Slack sandbox's checks use them).
 MAX_BLOCKS = 50
+SECTION_FIELDS_MAX = 10  # fields of a section
+CONTEXT_ELEMENTS_MAX = 10
+ACTIONS_ELEMENTS_MAX = 25
 HEADER_TEXT_MAX = 150
 SECTION_TEXT_MAX = 3000
 SECTION_FIELD_MAX = 2000
@@ -45,7 +49,9 @@ BUTTON_VALUE_MAX = 2000
 URL_MAX = 3000
 ID_MAX = 255
 TEXT_OBJECT_MAX = 3000
-# The top-level ``text`` (notification fallback): Slack cuts at 40,000, recommends <= 4,000.
+# The top-level ``text`` (notification fallback): Slack cuts at 40,000 (``msg_too_long``),
+# recommends <= 4,000; we write at most MESSAGE_TEXT_MAX.
+MESSAGE_TEXT_LIMIT = 40_000
 MESSAGE_TEXT_MAX = 4000
 # The longest value copied from an event or a table into a message (escaped, with the ellipsis).
 VALUE_MAX = 256

@@ -1,14 +1,19 @@
 """The Slack Web API client, built from :class:`~alert_platform.settings.Settings`.
 
 ``make_web_client`` adds retry handlers explicitly (slack-sdk only enables connection-error
-retries by default): connection errors and 5xx with exponential backoff. It does *not* add
-``RateLimitErrorRetryHandler`` by default: that handler sleeps inside the call, hiding 429s
-from the deliverer's per-channel pacing; the deliverer handles 429 itself (per channel).
+retries by default): connection errors and 5xx with exponential backoff. It does *not* add a
+429 handler by default: that handler sleeps inside the call, hiding 429s from the deliverer's
+per-channel pacing of posts.
 
 Retry handlers re-send a request blindly, which is fine for reads (``auth.test``,
-``conversations.history``) but not for ``chat.postMessage`` (no idempotency key: a retried
-POST after a 5xx or a reset connection can post twice). The deliverer therefore posts through
-:func:`without_retries` and does its own retries, checking Slack before re-posting.
+``conversations.history``, ``conversations.open``, ``users.lookupByEmail``) but not for
+``chat.postMessage`` (no idempotency key: a retried POST after a 5xx or a reset connection can
+post twice). The deliverer therefore posts through :func:`without_retries` (one request per
+call; it retries itself, checking Slack before re-posting) and reads through
+:func:`with_read_retries`: slack-sdk's own connection-error, server-error and rate-limit
+handlers (:mod:`alert_platform.slack.retries`), with a bounded ``Retry-After``, each retry
+reported to the caller and each wait spent in the caller's ``sleep`` (the deliverer keeps a
+held claim's heartbeat meanwhile).
 
 One deadline per call: slack-sdk's ``timeout`` applies to each socket operation, so a server
 that drips bytes (or a proxy that holds the line open) would keep one call going for ever. Every
@@ -40,15 +45,10 @@ from urllib.error import HTTPError
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackRequestError
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
-from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.http_retry.handler import RetryHandler
 
 from alert_platform.settings import Settings
+from alert_platform.slack.retries import default_retry_handlers
 
 DEFAULT_TIMEOUT = 10.0
 _LOGGER = logging.getLogger("alert_platform.slack.client")
@@ -253,21 +253,6 @@ class _RedactedWebClient(WebClient):
             _WATCHDOG.cancel(token)
 
 
-def default_retry_handlers(
-    max_retries: int = 3, *, backoff_factor: float = 0.5, rate_limits: bool = False
-) -> list[RetryHandler]:
-    """Connection-error and server-error (500/503) retries with exponential backoff and
-    jitter; plus 429 (sleep ``Retry-After``) when ``rate_limits``."""
-    backoff = BackoffRetryIntervalCalculator(backoff_factor=backoff_factor)
-    handlers: list[RetryHandler] = [
-        ConnectionErrorRetryHandler(max_retry_count=max_retries, interval_calculator=backoff),
-        ServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=backoff),
-    ]
-    if rate_limits:
-        handlers.append(RateLimitErrorRetryHandler(max_retry_count=max_retries))
-    return handlers
-
-
 def make_web_client(
     settings: Settings,
     *,
@@ -284,7 +269,7 @@ def make_web_client(
     operation (default: the deadline). Retry handlers: see :func:`default_retry_handlers`
     (``rate_limit_retries`` adds the 429 handler; leave it off for anything paced per channel).
     """
-    token = settings.slack_bot_token
+    token = settings.slack_bot_token.get_secret_value()
     if not token:
         raise SlackClientConfigError("SLACK_BOT_TOKEN is empty: set it to the bot token (xoxb-...)")
     base_url = settings.slack_api_url
@@ -314,8 +299,24 @@ def without_retries(client: WebClient, *, logger: logging.Logger | None = None) 
     """A sibling of ``client`` (same endpoint, token, timeout, deadline, TLS, proxy, headers)
     with no retry handlers: every call is exactly one HTTP request, for the caller to retry.
     ``logger`` replaces the client's (slack-sdk logs every transport error at ERROR)."""
+    return with_retry_handlers(client, [], logger=logger)
+
+
+def with_read_retries(
+    client: WebClient, handlers: list[RetryHandler], *, logger: logging.Logger | None = None
+) -> WebClient:
+    """A sibling of ``client`` for calls that change nothing in Slack, retried by ``handlers``
+    (:func:`~alert_platform.slack.retries.read_retry_handlers`); never for ``chat.postMessage``."""
+    return with_retry_handlers(client, handlers, logger=logger)
+
+
+def with_retry_handlers(
+    client: WebClient, handlers: list[RetryHandler], *, logger: logging.Logger | None = None
+) -> WebClient:
+    """A sibling of ``client`` (same endpoint, token, timeout, deadline, TLS, proxy, headers)
+    retrying with ``handlers`` only."""
     headers = {k: v for k, v in client.headers.items() if k.lower() != "user-agent"}
-    bare = _RedactedWebClient(
+    sibling = _RedactedWebClient(
         token=client.token,
         base_url=client.base_url,
         timeout=client.timeout,
@@ -325,10 +326,10 @@ def without_retries(client: WebClient, *, logger: logging.Logger | None = None) 
         team_id=client.default_params.get("team_id"),
         user_agent_prefix=None,
         logger=logger or client._logger,
-        retry_handlers=[],
+        retry_handlers=list(handlers),
     )
-    bare.deadline = call_deadline(client)
-    return bare
+    sibling.deadline = call_deadline(client)
+    return sibling
 
 
 def make_ops_client(settings: Settings) -> WebClient:

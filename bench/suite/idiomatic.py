@@ -2,14 +2,18 @@
 
 Used by the Quix Streams and Bytewax contenders (one copy, so both do exactly the same work).
 Standard library and ``orjson`` only: it also runs in the separate Quix Streams environment,
-which cannot import alert-platform. The output is the same ``slack-messages`` wire format and
-the same Block Kit JSON as alert-platform's renderer (the suite checks it message by message),
-written the straightforward way: parse every event fully, dict lookups for the two joins, build
-the blocks as dicts and let the framework's JSON serializer encode them.
+which cannot import alert-platform, so it cannot use :mod:`alert_platform.wire` and writes the
+contract by hand. The output is the same ``slack-messages`` wire format
+(``alert_platform.wire.SlackMessage``: its fields in its order, ``dedup_key`` included) and the
+same Block Kit JSON as alert-platform's renderer: the suite decodes every message with the
+contract and compares it with the engine's (``bench.suite.common.check_content``). Written the
+straightforward way: parse every event fully, dict lookups for the two joins, build the blocks
+as dicts and let the framework's JSON serializer encode them.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -180,8 +184,11 @@ def render(
             ],
         },
     ]
+    # the engine's de-duplication key: BLAKE2b-128 of the alert id's template values
+    digest = hashlib.blake2b(orjson.dumps([org_id, env_id, connector_id]), digest_size=16)
     message: dict[str, Any] = {
         "alert_id": f"{org_id}-{env_id}-{connector_id}-connector-failure",
+        "dedup_key": f"{PIPELINE}:{digest.hexdigest()}",
         "pipeline": PIPELINE,
         "channel_id": channel,
         "text": f"Connector Failure for Org {org}!",

@@ -45,6 +45,7 @@ from alert_platform.local.ports import find_free_port
 from alert_platform.local.sandbox.control import SandboxControl
 from alert_platform.local.stack import free_port_settings
 from alert_platform.settings import Settings
+from alert_platform.wire import decode_slack_message, parse_rfc3339
 from bench.suite.common import REPO, log, percentile, read_topic
 
 TARGET_P50_S = 10.0
@@ -184,10 +185,10 @@ def _produce_spread(
 def _created_at(settings: Settings, wanted: set[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for record in read_topic(settings, topics.SLACK_MESSAGES):
-        value = orjson.loads(record.value)
-        alert_id = value.get("alert_id")
+        message = decode_slack_message(record.value)
+        alert_id = message.alert_id
         if alert_id in wanted and alert_id not in out:
-            out[alert_id] = datetime.fromisoformat(value["created_at"]).timestamp()
+            out[alert_id] = parse_rfc3339(message.created_at, "created_at").timestamp()
     return out
 
 

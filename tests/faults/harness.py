@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,7 +42,22 @@ ENRICH_JOB = "connector_failure_alerts_job"
 DELIVERY_JOB = "slack_delivery_job"
 BACKOFF_ENV = "ALERT_PLATFORM_RETRY_BACKOFF_BASE_S"
 LEASE_ENV = "ALERT_PLATFORM_DELIVERY_LEASE_S"
-CRASH_ENV = "ALERT_PLATFORM_CRASH_AFTER_POST"
+# Crash injection (tests/faults/inject/sitecustomize.py), armed in a child process's environment
+# together with with_fault_injection(): SIGKILL right after Slack accepted this alert id (before
+# the ledger write) / exit before a delivery run flushes its slack-responses records.
+INJECT_DIR = Path(__file__).resolve().parent / "inject"
+CRASH_ENV = "ALERT_PLATFORM_TEST_CRASH_AFTER_POST"
+CRASH_BEFORE_FLUSH_ENV = "ALERT_PLATFORM_TEST_CRASH_BEFORE_RESPONSES_FLUSH"
+CRASH_BEFORE_FLUSH_EXIT = 70
+# The file the crash-after-post hook appends its pid to before it kills the process.
+CRASH_MARKER_ENV = "ALERT_PLATFORM_TEST_CRASH_MARKER"
+
+
+def with_fault_injection(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with the crash-injection directory first on ``PYTHONPATH`` (so that the child
+    and every Python process it starts import its ``sitecustomize``)."""
+    path = [str(INJECT_DIR), *filter(None, (env.get("PYTHONPATH") or "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
 
 
 # -- orgs and events --------------------------------------------------------------------------
@@ -395,6 +410,8 @@ class DevPlatform:
             "DAGSTER_PORT": str(self.dagster_port),
             **(env or {}),
         }
+        if any(name in self.env for name in (CRASH_ENV, CRASH_BEFORE_FLUSH_ENV)):
+            self.env = with_fault_injection(self.env)
         for name in ("SLACK_BOT_TOKEN", "DAGSTER_HOME", "ALERT_PLATFORM_DATA_DIR"):
             if name not in (env or {}):
                 self.env.pop(name, None)

@@ -25,6 +25,7 @@ from slack_sdk.errors import SlackApiError
 
 from alert_platform.kafka.clients import make_consumer, make_producer
 from alert_platform.local.dev import dagster_instance_yaml, prepare_dagster_home
+from alert_platform.local.profile import local_settings
 from alert_platform.local.sandbox.control import SandboxControl
 from alert_platform.local.stack import LocalStack, free_port_settings
 from alert_platform.settings import LOCAL_SLACK_TOKEN, ConfigError, Settings
@@ -164,7 +165,7 @@ def test_a_lease_shorter_than_the_call_deadline_fails_at_start() -> None:
 @pytest.fixture(scope="module")
 def own_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """A sandbox process started by the local stack with a secret token of its own."""
-    base = Settings().with_overrides(slack_bot_token=SANDBOX_TOKEN)
+    base = local_settings(slack_bot_token=SANDBOX_TOKEN)
     stack = LocalStack(
         free_port_settings(tmp_path_factory.mktemp("config-sandbox"), base), die_with_parent=True
     )

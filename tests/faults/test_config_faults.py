@@ -314,7 +314,7 @@ def test_revoked_slack_token_stops_delivery_until_it_is_fixed(
 ) -> None:
     alert_id, config = one_alert
     EXPECTED_DELIVERED.add(alert_id)  # it must arrive once the token is fixed
-    token = slack_settings.slack_bot_token
+    token = slack_settings.slack_bot_token.get_secret_value()
     platform_env.setenv("SLACK_BOT_TOKEN", token)
     sandbox = SandboxControl(slack_settings.slack_api_url)
     sandbox.set_rate_limit(per_second=0)

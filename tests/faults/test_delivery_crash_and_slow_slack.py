@@ -2,10 +2,10 @@
 (a private broker with the real topics, the Slack sandbox, a SQLite ledger of the test's own).
 
 **Crash between commit and response**: a delivery process posts its alerts, records them in the
-ledger, and dies (``os._exit``, the runner's test hook) before the producer flush of
-``slack-responses``. The next run, once the dead run's lease has passed, re-produces what the
-dead run left in the outbox. Every outcome is on ``slack-responses`` at least once, repeats
-share a ``response_id``, no alert is posted twice.
+ledger, and dies (``os._exit``, injected by the test harness's ``sitecustomize``) before the
+producer flush of ``slack-responses``. The next run, once the dead run's lease has passed,
+re-produces what the dead run left in the outbox. Every outcome is on ``slack-responses`` at
+least once, repeats share a ``response_id``, no alert is posted twice.
 
 **Slow Slack**: ``chat.postMessage`` calls that answer slower than the call deadline (an answer
 dripped one byte every 2 s, which no per-socket timeout ends; the sandbox holding the answer
@@ -30,11 +30,16 @@ import pytest
 
 from alert_platform.delivery.deliverer import ChannelPacer, DeliveryIncompleteError
 from alert_platform.delivery.outbox import Outbox
-from alert_platform.delivery.runner import CRASH_BEFORE_FLUSH_ENV, run_delivery
+from alert_platform.delivery.runner import run_delivery
 from alert_platform.kafka.offsets import OffsetRange
 from alert_platform.local.sandbox.control import SandboxControl
 from alert_platform.settings import Settings
 from alert_platform.slack.client import make_web_client
+from tests.faults.harness import (
+    CRASH_BEFORE_FLUSH_ENV,
+    CRASH_BEFORE_FLUSH_EXIT,
+    with_fault_injection,
+)
 from tests.faults.results import record, tally
 from tests.integration.delivery_runner_helpers import (
     SlowSlack,
@@ -80,7 +85,7 @@ def _env(settings: Settings) -> dict[str, str]:
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "SLACK_API_URL": settings.slack_api_url,
-        "SLACK_BOT_TOKEN": settings.slack_bot_token,
+        "SLACK_BOT_TOKEN": settings.slack_bot_token.get_secret_value(),
         "ALERT_LEDGER_URL": settings.effective_ledger_url,
         "ALERT_PLATFORM_DATA_DIR": str(settings.data_dir),
         "ALERT_PLATFORM_DELIVERY_LEASE_S": f"{LEASE_S:g}",
@@ -93,7 +98,7 @@ def _crashing_run(settings: Settings, ranges: list[OffsetRange]) -> subprocess.C
     return subprocess.run(
         [sys.executable, "-c", _CHILD, arg],
         cwd=REPO,
-        env={**_env(settings), CRASH_BEFORE_FLUSH_ENV: "1"},
+        env=with_fault_injection({**_env(settings), CRASH_BEFORE_FLUSH_ENV: "1"}),
         capture_output=True,
         text=True,
         timeout=180,
@@ -121,7 +126,7 @@ def test_crash_between_ledger_commit_and_response_flush(
     before_replay = 0
     for ids, ranges in batches:
         proc = _crashing_run(settings, ranges)
-        assert proc.returncode == 70, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert proc.returncode == CRASH_BEFORE_FLUSH_EXIT, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert "finished" not in proc.stdout
         crashed += 1
         before_replay += len({r["alert_id"] for r in responses(settings, ids)})

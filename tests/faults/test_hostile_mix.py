@@ -34,7 +34,9 @@ TICKS = 3
 
 
 def _channel_names(settings: Settings) -> dict[str, str]:
-    client = WebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    client = WebClient(
+        token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url
+    )
     answer = client.conversations_list(types="public_channel,private_channel", limit=1000)
     return {c["id"]: c["name"] for c in answer["channels"]}
 

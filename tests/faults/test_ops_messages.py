@@ -46,7 +46,8 @@ def test_stuck_range_posts_once_then_one_reminder(
     resources = {
         "platform": PlatformResource(ledger_url=url),
         "slack": SlackDeliveryResource(
-            token=flow_settings.slack_bot_token, base_url=flow_settings.slack_api_url
+            token=flow_settings.slack_bot_token.get_secret_value(),
+            base_url=flow_settings.slack_api_url,
         ),
     }
     failures = 0

@@ -7,7 +7,7 @@ at ~1 message/s per channel (as Slack requires), so the 12 demo orgs alone (7 ch
 need minutes; many assignees spread the lanes. Meanwhile run-worker processes (the code server's
 children) are SIGKILLed at random moments: mid-enrichment, mid-delivery (an enrichment run
 delivering its alerts inline, or a delivery run), and once between the Slack call and the ledger
-write (the deliverer's crash hook, armed through the dev process's environment for one alert
+write (the harness's crash injection, armed through the dev process's environment for one alert
 id). Nothing helps the platform: the tail sensors re-launch the failed ranges by themselves.
 Then every expected alert is in the sandbox exactly once and both DLQs are empty.
 
@@ -32,6 +32,7 @@ from alert_platform import topics
 from tests.faults.harness import (
     BACKOFF_ENV,
     CRASH_ENV,
+    CRASH_MARKER_ENV,
     DELIVERY_JOB,
     ENRICH_JOB,
     LEASE_ENV,
@@ -154,8 +155,15 @@ def test_run_workers_killed_at_random_points_lose_and_duplicate_nothing(tmp_path
     orgs = demo_orgs() + fault_orgs("kill", EXTRA_ORGS)
     waves = [burst(orgs, WAVE_EVENTS, tag=f"k{w}", seed=SEED + w) for w in range(WAVES)]
     crash_alert = sorted(waves[1].expected)[0]
+    crash_marker = tmp_path / "crashes.txt"  # one line per crash the hook caused
     dev = DevPlatform(
-        tmp_path, env={BACKOFF_ENV: "1", LEASE_ENV: "15", CRASH_ENV: crash_alert}
+        tmp_path,
+        env={
+            BACKOFF_ENV: "1",
+            LEASE_ENV: "15",
+            CRASH_ENV: crash_alert,
+            CRASH_MARKER_ENV: str(crash_marker),
+        },
     ).start()
     try:
         dev.sandbox.set_rate_limit(per_second=0)  # the sandbox never says 429 here
@@ -204,7 +212,11 @@ def test_run_workers_killed_at_random_points_lose_and_duplicate_nothing(tmp_path
     assert len(produced.events) >= WAVES * WAVE_EVENTS
     assert sum(KILLS.values()) == len(kills)
     assert ours <= set(terminated), "Dagster saw every kill as a run terminated by SIGKILL"
-    assert len(crashed) == 1, f"the crash hook for {crash_alert} killed {crashed}"
+    # The hook's own count: a run it killed may also have drawn a random kill a moment later
+    # (then Dagster files it under ours), so the runs Dagster saw are not the measure.
+    hook_kills = crash_marker.read_text().split() if crash_marker.exists() else []
+    assert len(hook_kills) == 1, f"the crash hook for {crash_alert} fired {len(hook_kills)}x"
+    assert len(crashed) <= 1, f"runs killed by neither us nor the hook: {crashed}"
     assert crash_alert in posted
     assert figures["lost"] == 0
     assert figures["duplicated"] == 0

@@ -54,7 +54,7 @@ def mock_env(
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "ALERT_PLATFORM_DATA_DIR": str(tmp_path / "data"),
             "SLACK_API_URL": slack_settings.slack_api_url,
-            "SLACK_BOT_TOKEN": slack_settings.slack_bot_token,
+            "SLACK_BOT_TOKEN": slack_settings.slack_bot_token.get_secret_value(),
             "ALERT_PLATFORM_START_POLICY": "earliest",
             "ALERT_PLATFORM_INLINE_DELIVERY": "true",
         }
@@ -98,10 +98,10 @@ def produce_one_batch(settings: Settings, burst: Burst) -> None:
 
 def evaluate(instance: DagsterInstance, cursor: str | None) -> SensorResult:
     defs, repository = repo()
-    context = build_sensor_context(
+    with build_sensor_context(
         instance=instance, cursor=cursor, resources=defs.resources, definitions=defs
-    )
-    result = repository.get_sensor_def(TAIL)(context)
+    ) as context:
+        result = repository.get_sensor_def(TAIL)(context)
     assert isinstance(result, SensorResult)
     return result
 

@@ -13,8 +13,8 @@ one phase per wave:
 The outage lasts well under a minute in all (Slack outages last longer; the platform's retries
 do not depend on it: delivery runs back off, give up on what they could not finish, and the
 sensors re-launch them). Once it ends, every alert is in the sandbox exactly once, and the
-retries show in the run metadata of the assets that delivered (inline from the enrichment
-asset, or the delivery asset).
+retries show in the run metadata of the assets that delivered (``connector_failure_deliveries``,
+the enrichment run's inline delivery, or ``slack_deliveries``).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def retries_in_metadata(dev: DevPlatform) -> Counter[str]:
 
     totals: Counter[str] = Counter()
     with dev.instance() as instance:
-        for key in ("connector_failure_alerts", "slack_deliveries"):
+        for key in ("connector_failure_deliveries", "slack_deliveries"):
             result = instance.fetch_materializations(AssetKey(key), limit=10_000)
             for item in result.records:
                 materialization = item.asset_materialization

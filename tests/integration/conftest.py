@@ -77,7 +77,7 @@ def platform_env(
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", flow_settings.bootstrap_servers)
     monkeypatch.setenv("ALERT_PLATFORM_DATA_DIR", str(flow_settings.data_dir))
     monkeypatch.setenv("SLACK_API_URL", flow_settings.slack_api_url)
-    monkeypatch.setenv("SLACK_BOT_TOKEN", flow_settings.slack_bot_token)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", flow_settings.slack_bot_token.get_secret_value())
     monkeypatch.setenv("ALERT_PLATFORM_START_POLICY", flow_settings.start_policy)
     if flow_options.inline_delivery is not None:
         inline = "true" if flow_options.inline_delivery else "false"

@@ -53,10 +53,10 @@ def tick_and_run(
     """Evaluate a sensor once and execute every run it requests, in process."""
     defs, repository = repo()
     sensor_def = repository.get_sensor_def(sensor_name)
-    context = build_sensor_context(
+    with build_sensor_context(
         instance=instance, cursor=cursor, resources=defs.resources, definitions=defs
-    )
-    result = sensor_def(context)
+    ) as context:  # a context manager: some resources have a teardown
+        result = sensor_def(context)
     assert isinstance(result, SensorResult)
     outcomes = []
     for request in result.run_requests or []:
@@ -89,6 +89,28 @@ def latest_materialization_metadata(instance: DagsterInstance, key: str) -> dict
     materialization = records[0].asset_materialization
     assert materialization is not None
     return {k: v.value for k, v in materialization.metadata.items()}
+
+
+def materializations(instance: DagsterInstance, key: str) -> list[dict[str, object]]:
+    """The metadata of every materialization of ``key``, oldest first."""
+    records = instance.fetch_materializations(AssetKey(key), limit=1_000).records
+    out = []
+    for record in reversed(records):
+        materialization = record.asset_materialization
+        assert materialization is not None
+        out.append({k: v.value for k, v in materialization.metadata.items()})
+    return out
+
+
+def check_passed(instance: DagsterInstance, key: str, check: str) -> bool:
+    """Whether the latest evaluation of the asset check ``check`` of ``key`` passed."""
+    from dagster import AssetCheckKey
+
+    check_key = AssetCheckKey(AssetKey(key), check)
+    records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1)
+    assert records, f"the check {check} of {key} never ran"
+    evaluation = records[0].event.dagster_event.event_specific_data  # type: ignore[union-attr]
+    return bool(evaluation.passed)
 
 
 # -- what is on the topics and in the sandbox ----------------------------------------------------

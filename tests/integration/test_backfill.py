@@ -56,6 +56,7 @@ pytestmark = pytest.mark.integration
 
 ALERTS_JOB = "connector_failure_alerts_job"
 ALERTS_ASSET = "connector_failure_alerts"
+DELIVERIES_ASSET = "connector_failure_deliveries"
 DELIVERY_JOB = "slack_delivery_job"
 
 
@@ -366,13 +367,16 @@ def test_cli_backfill_submits_an_asset_backfill_the_daemon_runs(
     assert main([*args, "--json"]) == 0
     submitted = json.loads(capsys.readouterr().out)
     assert submitted["partition_keys"] == [partition]
-    assert submitted["assets"] == [ALERTS_ASSET]
+    assert submitted["assets"] == [ALERTS_ASSET, DELIVERIES_ASSET]
     backfill_id = submitted["backfill_id"]
 
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         backfill = instance.get_backfill(backfill_id)
         assert backfill is not None and backfill.is_asset_backfill
-        assert list(backfill.asset_selection) == [AssetKey(ALERTS_ASSET)]
+        assert list(backfill.asset_selection) == [
+            AssetKey(ALERTS_ASSET),
+            AssetKey(DELIVERIES_ASSET),
+        ]
         assert backfill.status == BulkActionStatus.REQUESTED
         _defs, repository = repo()
         target = backfill.get_asset_backfill_data(repository.asset_graph).target_subset
@@ -388,6 +392,8 @@ def test_cli_backfill_submits_an_asset_backfill_the_daemon_runs(
         assert len(backfill_runs) == 1 and backfill_runs[0].is_success
         metadata = latest_materialization_metadata(instance, ALERTS_ASSET)
         assert metadata["mode"] == "backfill" and metadata["located_by"] == "run_index"
+        delivered = latest_materialization_metadata(instance, DELIVERIES_ASSET)
+        assert delivered["mode"] == "backfill" and delivered["inline_delivery"] == "done"
     assert ids <= set(alert_ids_on_topic(settings))
 
 

@@ -17,10 +17,12 @@ from alert_platform.local.sandbox.control import SandboxControl
 from alert_platform.settings import Settings
 from tests.integration.flow_helpers import (
     alert_ids_on_topic,
+    check_passed,
     connector_failure_alert_id,
     connector_status_event,
     expected_alert_ids,
     latest_materialization_metadata,
+    materializations,
     posted_alert_ids,
     read_topic,
     repo,
@@ -63,11 +65,22 @@ def test_events_become_alerts_then_slack_posts_exactly_once(
     bad = next(h for key, value, h in dlq if value == b'{"Provisioning": ')
     assert bad["error"].startswith(b"value is not valid JSON")
 
-    # Run metadata is recorded on the asset's materializations.
+    # Run metadata is recorded on the asset's materializations; the run's own delivery is its
+    # own asset, whose counts are what the sandbox received (none of it with inline off).
     metadata = latest_materialization_metadata(instance, "connector_failure_alerts")
     assert metadata["mode"] == "live"
     assert {"read", "filtered_out", "unmatched", "routed_to_fallback", "alerts"} <= set(metadata)
-    assert metadata.get("inline_delivery") == ("done" if inline else None)
+    assert "inline_delivery" not in metadata
+    inline_runs = materializations(instance, "connector_failure_deliveries")
+    if inline:
+        (delivered,) = inline_runs
+        assert delivered["inline_delivery"] == "done" and delivered["mode"] == "live"
+        assert delivered["delivered"] == len(expected) == len(posted_alert_ids(sandbox))
+        assert delivered["records_read"] == len(expected)
+        assert delivered["handled_ranges"] >= 1
+        assert check_passed(instance, "connector_failure_deliveries", "no_permanent_failures")
+    else:
+        assert inline_runs == [] and posted_alert_ids(sandbox) == []
 
     # A second tick with nothing new launches nothing.
     again, reruns = tick_and_run("connector_failure_tail", instance, result.cursor)
@@ -79,8 +92,11 @@ def test_events_become_alerts_then_slack_posts_exactly_once(
     _, delivery_runs = tick_and_run("slack_delivery_tail", instance, first.cursor)
     if inline:
         assert delivery_runs == [], "ranges delivered inline need no delivery run"
+        assert materializations(instance, "slack_deliveries") == []
     else:
         assert len(delivery_runs) == 1 and delivery_runs[0].success
+        (caught_up,) = materializations(instance, "slack_deliveries")
+        assert caught_up["delivered"] == len(expected) == len(posted_alert_ids(sandbox))
     assert posted_alert_ids(sandbox) == sorted(expected)
     responses = [json.loads(v) for _k, v, _h in read_topic(settings, topics.SLACK_RESPONSES)]
     assert expected <= {r["alert_id"] for r in responses if r["ok"]}
@@ -95,6 +111,8 @@ def test_events_become_alerts_then_slack_posts_exactly_once(
     config = {"ops": {"slack_deliveries": {"config": {"ranges": everything}}}}
     assert job.execute_in_process(run_config=config, instance=instance).success
     assert len(sandbox.messages()) == len(expected)
+    replay = latest_materialization_metadata(instance, "slack_deliveries")
+    assert replay["delivered"] == 0 and replay["already_delivered"] >= len(expected)
 
 
 def test_late_assignment_is_joined_by_the_next_run(
@@ -118,3 +136,55 @@ def test_late_assignment_is_joined_by_the_next_run(
     values = [json.loads(v) for _k, v, _h in read_topic(settings, topics.SLACK_MESSAGES)]
     alert = next(v for v in values if v["alert_id"] == alert_id)
     assert alert["channel_id"] == "U0DEMO0001"  # joined by e-mail, case-insensitively
+
+
+def test_the_delivery_tick_asks_the_ledger_not_kafka(
+    platform_env: Settings, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A range a delivery recorded as handled is skipped with Kafka's records out of reach (a
+    poison record in it, every read failing): the tick reads the handled-ranges table only."""
+    from dagster import build_sensor_context
+
+    import alert_platform.delivery.runner as runner
+    import alert_platform.kafka.reader as reader
+    from alert_platform.delivery.handled_ranges import HandledRanges
+    from alert_platform.kafka.admin import topic_id
+    from alert_platform.kafka.tailing import TailCursor
+
+    settings = platform_env
+    consumer = make_consumer(settings)
+    before = probe_end_offsets(consumer, topics.SLACK_MESSAGES)
+    producer = make_producer(settings)
+    for partition in (0, 1):
+        producer.produce(topics.SLACK_MESSAGES, b"\xff\xfe not json", b"poison", partition)
+    producer.flush(10)
+    after = probe_end_offsets(consumer, topics.SLACK_MESSAGES)
+    consumer.close()
+    handled, unhandled = (
+        OffsetRange(topics.SLACK_MESSAGES, p, before[p], after[p]) for p in (0, 1)
+    )
+    tid = topic_id(settings, topics.SLACK_MESSAGES)
+    with HandledRanges(settings.effective_ledger_url) as table:
+        table.record([handled], topic_id=tid, run_id="an-inline-delivery")
+
+    def no_kafka(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the delivery tick read slack-messages records")
+
+    monkeypatch.setattr(reader, "read_range", no_kafka)
+    monkeypatch.setattr(runner, "read_messages", no_kafka)
+    monkeypatch.setattr(runner, "needs_delivery", no_kafka)
+
+    defs, repository = repo()
+    cursor = TailCursor(next_offsets=before, observed=after, topic_id=tid).to_json()
+    with build_sensor_context(
+        instance=instance, cursor=cursor, resources=defs.resources, definitions=defs
+    ) as context:
+        result = repository.get_sensor_def("slack_delivery_tail")(context)
+    requested = [
+        r
+        for request in result.run_requests
+        for r in request.run_config["ops"]["slack_deliveries"]["config"]["ranges"]
+    ]
+    assert requested == [unhandled.as_dict()]
+    pending = TailCursor.from_json(result.cursor).pending
+    assert [p.range for p in pending] == [unhandled]

@@ -23,7 +23,6 @@ import sqlalchemy as sa
 
 from alert_platform.delivery.channels import ChannelResolver
 from alert_platform.delivery.deliverer import (
-    CRASH_AFTER_POST_ENV,
     METADATA_EVENT_TYPE,
     ChannelPacer,
     DeliveryIncompleteError,
@@ -38,6 +37,7 @@ from alert_platform.local.sandbox import SandboxControl
 from alert_platform.local.sandbox.state import DEFAULT_BURST, DEFAULT_PER_SECOND
 from alert_platform.settings import Settings
 from alert_platform.slack.client import make_web_client
+from tests.faults.harness import CRASH_ENV, with_fault_injection
 from tests.postgres import PG_URL, postgres_engine
 
 pytestmark = pytest.mark.integration
@@ -353,12 +353,12 @@ import json, sys
 from alert_platform.delivery.deliverer import ChannelPacer, deliver_batch
 from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.delivery.messages import message_from_value
-from alert_platform.settings import Settings
+from alert_platform.local.profile import local_settings
 from alert_platform.slack.client import make_web_client
 args = json.loads(sys.argv[1])
 spec = args["ledger"]
 ledger = DeliveryLedger(spec["url"], schema=spec["schema"], table_name=spec["table"])
-settings = Settings().with_overrides(slack_api_url=args["api_url"])
+settings = local_settings(slack_api_url=args["api_url"])
 messages = [message_from_value(v) for v in args["messages"]]
 deliver_batch(messages, make_web_client(settings, timeout=5), ledger, window=24,
               pacer=ChannelPacer(rate=200, burst=50))
@@ -375,7 +375,7 @@ def crash_after_posting(
     proc = subprocess.run(
         [sys.executable, "-c", _CRASHING_RUN, json.dumps(args)],
         cwd=REPO,
-        env={**os.environ, CRASH_AFTER_POST_ENV: victim.alert_id},
+        env=with_fault_injection({**os.environ, CRASH_ENV: victim.alert_id}),
         capture_output=True,
         text=True,
         timeout=120,
@@ -562,7 +562,10 @@ def test_resolver_follows_conversations_list_pages(
     def call(method: str, **params: object) -> dict:
         return getattr(client, method.replace(".", "_"))(**params).data
 
-    resolver = ChannelResolver(call, page_size=2)
+    def pages(method: str, **params: object) -> list[dict]:  # slack-sdk's cursor pagination
+        return [dict(page.data) for page in getattr(client, method.replace(".", "_"))(**params)]
+
+    resolver = ChannelResolver(call, pages, page_size=2)
     names = resolver.name_map()
     assert names["alerts-unrouted"] == "C0UNROUTED"
     assert all(names[name_of(c)] == c for c in channels)
@@ -688,7 +691,8 @@ def test_revoked_token_stops_loudly_and_releases_claims(
         )
     error = caught.value
     assert error.error == "token_revoked"
-    assert "SLACK_BOT_TOKEN" in str(error) and slack_settings.slack_bot_token not in str(error)
+    assert "SLACK_BOT_TOKEN" in str(error)
+    assert slack_settings.slack_bot_token.get_secret_value() not in str(error)
     report = error.report
     in_slack = held(sandbox)
     # Nothing was posted after the revocation; everything posted is recorded ...

@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from alert_platform.kafka.clients import make_consumer, make_producer
+from alert_platform.kafka.clients import make_admin, make_consumer, make_producer
 from alert_platform.kafka.offsets import (
+    OffsetError,
     OffsetRange,
     TopicNotFound,
+    list_watermarks,
     low_watermarks,
     probe_end_offsets,
     probe_watermarks,
@@ -125,6 +127,23 @@ def test_probe_after_several_batches_and_partitions(
     # The consumer is left unassigned and can probe again (more data since).
     produce_batch(batch_producer, topic, range(151, 400), partition=0)
     assert probe_end_offsets(consumer, topic)[0] == 400
+
+
+def test_admin_list_offsets_agrees_with_per_partition_requests(
+    make_topic: MakeTopic, batch_producer: Producer, consumer: Consumer, kafka_settings: Settings
+) -> None:
+    topic = make_topic(partitions=3)
+    produce_batch(batch_producer, topic, range(40), partition=0)
+    produce_batch(batch_producer, topic, range(40, 41), partition=0)
+    produce_batch(batch_producer, topic, range(7), partition=1)
+    admin = make_admin(kafka_settings)
+    per_partition = watermarks(consumer, topic)
+    assert list_watermarks(admin, topic, [0, 1, 2]) == per_partition
+    assert watermarks(consumer, topic, admin=admin) == per_partition
+    assert per_partition[2] == (0, 0) and per_partition[0] == (0, 41)
+    assert probe_watermarks(consumer, topic, admin=admin) == {0: (0, 41), 1: (0, 7), 2: (0, 0)}
+    with pytest.raises(OffsetError, match="watermarks of"):
+        list_watermarks(admin, f"{topic}-missing", [0], timeout=3)
 
 
 def test_probe_empty_topic_and_missing_topic(

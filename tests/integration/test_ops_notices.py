@@ -184,7 +184,8 @@ def test_run_failure_sensor_posts_once_per_range(
     resources = {
         "platform": PlatformResource(ledger_url=state_db_url),
         "slack": SlackDeliveryResource(
-            token=flow_settings.slack_bot_token, base_url=flow_settings.slack_api_url
+            token=flow_settings.slack_bot_token.get_secret_value(),
+            base_url=flow_settings.slack_api_url,
         ),
     }
     range_key = "notifications:0:10-20@abcd1234"

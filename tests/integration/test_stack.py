@@ -387,7 +387,7 @@ def test_sandbox_seed_users_answer(settings: Settings) -> None:
     request = urllib.request.Request(
         settings.slack_api_url + "auth.test",
         data=b"",
-        headers={"Authorization": f"Bearer {settings.slack_bot_token}"},
+        headers={"Authorization": f"Bearer {settings.slack_bot_token.get_secret_value()}"},
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         body = json.loads(response.read())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +22,8 @@ CHANNELS = [("C01", "alerts-ops"), ("C02", "alerts-unrouted"), ("G03", "secret")
 
 
 class FakeSlack:
-    """conversations.list over CHANNELS (pages of ``limit``), conversations.open for users."""
+    """conversations.list over CHANNELS (pages of ``limit``), conversations.open for users;
+    :meth:`pages` follows the cursors as slack-sdk's iteration over a response does."""
 
     def __init__(self, users: dict[str, str] | None = None) -> None:
         self.users = users or {"U0ADA": "D0ADA", "W0GRACE": "D0GRACE"}
@@ -48,6 +50,13 @@ class FakeSlack:
         cursor = str(end) if end < len(CHANNELS) else ""
         return {"ok": True, "channels": page, "response_metadata": {"next_cursor": cursor}}
 
+    def pages(self, method: str, **params: Any) -> Iterator[dict[str, Any]]:
+        data = self(method, **params)
+        yield data
+        while cursor := data["response_metadata"]["next_cursor"]:
+            data = self(method, **{**params, "cursor": cursor})
+            yield data
+
 
 def test_reference_shapes() -> None:
     assert all(is_conversation_id(r) for r in ("C0OPS", "G1SECRET", "D0ADA"))
@@ -58,7 +67,7 @@ def test_reference_shapes() -> None:
 
 def test_ids_need_no_call_users_are_opened_once_names_listed_once() -> None:
     slack = FakeSlack()
-    resolver = ChannelResolver(slack, page_size=3)
+    resolver = ChannelResolver(slack, slack.pages, page_size=3)
     assert resolver.resolve("C0ANYTHING") == "C0ANYTHING"
     assert resolver.resolve("D0ADA") == "D0ADA"
     assert slack.calls == Counter()
@@ -78,7 +87,7 @@ def test_ids_need_no_call_users_are_opened_once_names_listed_once() -> None:
 
 def test_concurrent_lanes_share_one_listing() -> None:
     slack = FakeSlack()
-    resolver = ChannelResolver(slack)
+    resolver = ChannelResolver(slack, slack.pages)
     refs = ["#alerts-ops", "alerts-ops", "#secret", "x", "#alerts-unrouted"] * 8
     with ThreadPoolExecutor(16) as pool:
         ids = list(pool.map(resolver.resolve, refs))
@@ -98,7 +107,7 @@ def test_concurrent_lanes_share_one_listing() -> None:
 )
 def test_unresolvable_references_are_reported_and_cached(ref: str, error: str, detail: str) -> None:
     slack = FakeSlack()
-    resolver = ChannelResolver(slack)
+    resolver = ChannelResolver(slack, slack.pages)
     for _ in range(2):
         with pytest.raises(Unresolvable) as caught:
             resolver.resolve(ref)
@@ -109,7 +118,7 @@ def test_unresolvable_references_are_reported_and_cached(ref: str, error: str, d
 def test_a_refused_listing_makes_names_unresolvable() -> None:
     slack = FakeSlack()
     slack.fail_list = RefusedCall("channel_not_found")
-    resolver = ChannelResolver(slack)
+    resolver = ChannelResolver(slack, slack.pages)
     with pytest.raises(Unresolvable, match=r"conversations\.list: channel_not_found"):
         resolver.resolve("#alerts-ops")
     assert resolver.resolve("U0ADA") == "D0ADA"  # users do not need the listing
@@ -121,7 +130,7 @@ def test_a_failed_listing_propagates_and_is_not_repeated() -> None:
 
     slack = FakeSlack()
     slack.fail_list = Outage("Slack kept failing")
-    resolver = ChannelResolver(slack)
+    resolver = ChannelResolver(slack, slack.pages)
     for ref in ("#alerts-ops", "#secret"):
         with pytest.raises(Outage):
             resolver.resolve(ref)

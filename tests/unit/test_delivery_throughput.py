@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from alert_platform.delivery import deliverer, ledger_ops, runner
+from alert_platform.delivery import batch as delivery_batch
+from alert_platform.delivery import lane, ledger_ops, runner
 from alert_platform.delivery.deliverer import (
     DEFAULT_BURST,
     DEFAULT_MAX_WORKERS,
     DEFAULT_RATE,
     ChannelPacer,
     DeliveryReport,
-    _LedgerOps,
 )
 from alert_platform.delivery.ledger import (
     ALREADY_DELIVERED,
@@ -30,6 +30,7 @@ from alert_platform.delivery.ledger import (
     DeliveryLedger,
 )
 from alert_platform.delivery.messages import OutboundMessage
+from alert_platform.local.profile import local_settings
 from alert_platform.settings import ConfigError, Settings
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -165,9 +166,9 @@ def test_duplicates_answers_what_claim_would(ledger: DeliveryLedger) -> None:
 
 
 def test_duplicates_reads_in_chunks(ledger: DeliveryLedger, monkeypatch) -> None:
-    from alert_platform.delivery import ledger as ledger_module
+    from alert_platform.delivery import ledger_queries
 
-    monkeypatch.setattr(ledger_module, "_IN_CHUNK", 3)
+    monkeypatch.setattr(ledger_queries, "IN_CHUNK", 3)
     messages = [msg(f"x{i}") for i in range(10)]
     for message in messages[::2]:
         ledger.mark_delivered(ledger.claim(message, WINDOW), "C1", "2.2")
@@ -243,7 +244,7 @@ def test_grouped_calls_share_transactions_and_each_gets_its_answer(
     ledger: DeliveryLedger,
 ) -> None:
     counting = CountingLedger(ledger)
-    ops = _LedgerOps(counting, on_error=lambda exc: None)  # type: ignore[arg-type]
+    ops = ledger_ops.LedgerOps(counting, on_error=lambda exc: None)  # type: ignore[arg-type]
     answers: dict[str, ClaimKind] = {}
     barrier = threading.Barrier(40)
 
@@ -268,7 +269,7 @@ def test_a_failing_call_fails_alone_and_only_a_systemic_one_stops_the_batch(
     ledger: DeliveryLedger,
 ) -> None:
     stopped: list[BaseException] = []
-    ops = _LedgerOps(ledger, on_error=stopped.append)
+    ops = ledger_ops.LedgerOps(ledger, on_error=stopped.append)
     claims = [ops.call(lambda conn, a=a: ledger.claim(msg(a), WINDOW, conn=conn)) for a in "rs"]
 
     def broken(conn: object) -> None:
@@ -311,7 +312,7 @@ def test_postgres_style_ledgers_run_calls_in_place() -> None:
     class Concurrent:
         single_writer = False
 
-    ops = _LedgerOps(Concurrent(), on_error=lambda exc: None)  # type: ignore[arg-type]
+    ops = ledger_ops.LedgerOps(Concurrent(), on_error=lambda exc: None)  # type: ignore[arg-type]
     assert ops.call(lambda conn: conn) is None  # no shared transaction handed in
     ops.submit(lambda conn: 1 / 0)  # one alert's failure: logged, the batch goes on
     assert ops.error is None
@@ -325,11 +326,11 @@ def test_postgres_style_ledgers_run_calls_in_place() -> None:
 
 
 def test_claim_ahead_only_when_pacing_is_fast(ledger: DeliveryLedger) -> None:
-    def batch(rate: float, lease: timedelta) -> deliverer._Batch:
+    def batch(rate: float, lease: timedelta) -> lane.Batch:
         from alert_platform.slack.client import make_web_client
 
-        return deliverer._Batch(
-            make_web_client(Settings()),
+        return lane.Batch(
+            make_web_client(local_settings()),
             ledger,
             window=WINDOW,
             on_response=None,
@@ -342,8 +343,8 @@ def test_claim_ahead_only_when_pacing_is_fast(ledger: DeliveryLedger) -> None:
         )
 
     assert batch(DEFAULT_RATE, timedelta(seconds=60)).claim_ahead == 1  # Slack's pace
-    assert batch(950.0, timedelta(seconds=60)).claim_ahead == deliverer.CLAIM_AHEAD
+    assert batch(950.0, timedelta(seconds=60)).claim_ahead == delivery_batch.CLAIM_AHEAD
     assert batch(950.0, timedelta(0)).claim_ahead == 1
-    assert batch(950.0, timedelta(seconds=60)).fresh_s == deliverer.FRESH_CLAIM_S
+    assert batch(950.0, timedelta(seconds=60)).fresh_s == delivery_batch.FRESH_CLAIM_S
     assert batch(950.0, timedelta(seconds=15)).fresh_s == 1.0
     assert batch(950.0, timedelta(seconds=6)).fresh_s == pytest.approx(0.4)

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from slack_sdk.models.blocks import DividerBlock
 
 from alert_platform.kafka.writer import BatchProducer
-from alert_platform.pipelines import spec
 from alert_platform.pipelines.connector_failure import _templates
 from alert_platform.pipelines.spec import BadRecord, format_rfc3339, parse_rfc3339, rfc3339_utc
 from alert_platform.slack.blocks import BlockTemplate
 from alert_platform.tables.lookup import LookupTable
+from alert_platform.wire import timestamps
 
 # -- rfc3339_utc: the per-second cache ------------------------------------------------------------
 
@@ -41,7 +41,7 @@ def answer(value: object) -> tuple[str, int] | str:
 
 def both_ways(value: object) -> list[tuple[str, int] | str]:
     """The answer with a cold cache, then warm (the prefix cached), then for a new suffix."""
-    spec._SECONDS.clear()
+    timestamps._SECONDS.clear()
     cold = answer(value)
     warm = answer(value)
     return [cold, warm]
@@ -76,7 +76,7 @@ SUFFIXES = ["", "z", "+00:00", "-05:00", ".Z", ".12", ".12z", ".1a2Z", ". 1Z", "
 
 @pytest.mark.parametrize("suffix", [*SUFFIXES, f".{ARABIC_DIGITS}Z"])
 def test_cached_prefix_with_other_suffixes(suffix: str) -> None:
-    spec._SECONDS.clear()
+    timestamps._SECONDS.clear()
     answer("2024-05-01T12:34:56Z")  # caches the prefix
     value = f"2024-05-01T12:34:56{suffix}"
     assert answer(value) == reference(value)
@@ -109,11 +109,11 @@ def test_cached_times_property(moment: datetime, digits: int) -> None:
 
 
 def test_the_cache_stays_bounded() -> None:
-    spec._SECONDS.clear()
+    timestamps._SECONDS.clear()
     start = datetime(2024, 1, 1, tzinfo=UTC)
-    for second in range(spec._SECONDS_MAX + 10):
+    for second in range(timestamps._SECONDS_MAX + 10):
         answer(format_rfc3339(start + timedelta(seconds=second)))
-    assert len(spec._SECONDS) <= spec._SECONDS_MAX
+    assert len(timestamps._SECONDS) <= timestamps._SECONDS_MAX
 
 
 # -- LookupTable.get / getter --------------------------------------------------------------------

@@ -110,6 +110,12 @@ def test_the_core_contract_names_every_core_module() -> None:
             "alert_platform.commands.dev -> alert_platform.cli",
             id="command-imports-cli-back",
         ),
+        pytest.param(
+            "alert_platform/kafka/records.py",
+            "from alert_platform.pipelines import engine",
+            "- .kafka -> .pipelines",
+            id="core-import-cycle",
+        ),
     ],
 )
 def test_a_forbidden_import_breaks_the_build_and_is_named(

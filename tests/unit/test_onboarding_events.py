@@ -24,6 +24,8 @@ from alert_platform.bigquery.onboarding import (
     produce_onboarding_events,
     render_query,
 )
+from alert_platform.kafka.writer import BatchProducer
+from alert_platform.local.profile import local_settings
 from alert_platform.settings import ConfigError, Settings
 
 DAY = date(2026, 3, 10)
@@ -254,7 +256,7 @@ def test_domain_scoped_project_is_accepted() -> None:
 )
 def test_table_identifier_is_validated(changes: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError, match=variable):
-        render_query(Settings().with_overrides(**changes))
+        render_query(local_settings(**changes))
 
 
 # --- orchestration with fakes (no services) --------------------------------------------------
@@ -262,7 +264,10 @@ def test_table_identifier_is_validated(changes: dict[str, str], variable: str) -
 
 def run(client: Any, producer: Any = None, topic: str = "onboarding-events") -> Any:
     """produce_onboarding_events for DAY with fakes (typed Any: they only quack like clients)."""
-    return produce_onboarding_events(Settings(), DAY, client=client, producer=producer, topic=topic)
+    batch = BatchProducer(producer) if producer is not None else None
+    return produce_onboarding_events(
+        local_settings(), DAY, client=client, producer=batch, topic=topic, flush_timeout=0.2
+    )
 
 
 class FakeJob:
@@ -296,32 +301,57 @@ class FakeClient:
 
 
 class FakeProducer:
+    """Quacks like confluent_kafka.Producer for BatchProducer (positional produce, reports on
+    flush)."""
+
     def __init__(self, fail_keys: set[bytes] | None = None, stuck: int = 0) -> None:
         self.fail_keys, self.stuck = fail_keys or set(), stuck
         self.produced: list[tuple[str, bytes, bytes]] = []
         self._pending: list[Any] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+    def produce(
+        self, topic: str, value: bytes, key: bytes, partition: int = -1, on_delivery: Any = None
+    ) -> None:
         self.produced.append((topic, key, value))
-        self._pending.append((key, on_delivery))
+        self._pending.append((topic, key, on_delivery))
 
     def poll(self, timeout: float = 0) -> int:
         return 0
 
     def flush(self, timeout: float = 0) -> int:
-        for key, callback in self._pending:
-            error = "Broker: Message too large" if key in self.fail_keys else None
-            callback(error, _Msg(key))
+        for offset, (topic, key, callback) in enumerate(self._pending):
+            error = _Error("Broker: Message too large") if key in self.fail_keys else None
+            callback(error, _Msg(topic, key, offset))
         self._pending.clear()
         return self.stuck
 
 
+class _Error:
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def str(self) -> str:
+        return self._text
+
+    def code(self) -> int:
+        return 10  # MSG_SIZE_TOO_LARGE
+
+
 class _Msg:
-    def __init__(self, key: bytes) -> None:
-        self._key = key
+    def __init__(self, topic: str, key: bytes, offset: int) -> None:
+        self._topic, self._key, self._offset = topic, key, offset
 
     def key(self) -> bytes:
         return self._key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
 
 
 def test_produce_reports_rows_rejections_and_job() -> None:
@@ -393,4 +423,4 @@ def test_retry_exhaustion_is_a_query_error() -> None:
     error = api_exceptions.RetryError("Deadline of 600.0s exceeded", cause)
     with pytest.raises(OnboardingQueryError, match="connection refused"):
         client: Any = FakeClient(error=error)
-        onboarding.fetch_onboarding_rows(client, Settings(), DAY)
+        onboarding.fetch_onboarding_rows(client, local_settings(), DAY)

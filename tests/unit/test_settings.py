@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaException, Producer
 
-from alert_platform.kafka import properties
+from alert_platform import librdkafka_properties as properties
 from alert_platform.kafka.clients import admin_config, consumer_config, producer_config
 from alert_platform.local.dev import dagster_instance_yaml, platform_environment
 from alert_platform.settings import (
@@ -58,7 +58,7 @@ def test_repr_and_str_show_no_secret_but_keep_the_rest() -> None:
 
 def test_redaction_does_not_change_the_values_clients_get() -> None:
     settings = Settings.from_env(secret_env())
-    assert settings.slack_bot_token == TOKEN
+    assert settings.slack_bot_token.get_secret_value() == TOKEN
     assert settings.ledger_url.endswith(f":{LEDGER_PASSWORD}@db.example:5432/a")
     assert settings.kafka["sasl.password"] == SECRETS["KAFKA_SASL_PASSWORD"]
     assert producer_config(settings)["ssl.key.password"] == SECRETS["KAFKA_SSL_KEY_PASSWORD"]

@@ -411,7 +411,7 @@ def test_a_range_whose_check_raises_gets_a_run_instead_of_failing_the_tick() -> 
 
     bad, good, other = (OffsetRange("slack-messages", p, 0, 5) for p in range(3))
 
-    def needs_no_run(_settings: Settings, ranges) -> set[OffsetRange]:
+    def needs_no_run(_settings: Settings, ranges, _topic_id: str) -> set[OffsetRange]:
         (rng,) = ranges
         if rng == bad:
             raise RecursionError("maximum recursion depth exceeded while decoding a JSON value")

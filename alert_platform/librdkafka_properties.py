@@ -1,5 +1,8 @@
 """librdkafka configuration property names, for the ``KAFKA_*`` pass-through of the settings.
 
+Beside :mod:`alert_platform.settings`, not in :mod:`alert_platform.kafka`: the settings read it,
+and the Kafka package reads the settings (no import cycle).
+
 The global and topic properties of librdkafka 2.16 (the version confluent-kafka 2.16 bundles), from
 librdkafka's CONFIGURATION.md, checked against the installed library (each name is accepted by
 ``Producer``; see tests/unit/test_settings.py). Properties set "through dedicated API" (callbacks,
