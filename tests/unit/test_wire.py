@@ -252,7 +252,7 @@ def test_the_wire_module_imports_no_other_platform_module() -> None:
 
 
 def test_block_kit_limits_are_written_once() -> None:
-    from alert_platform.local.sandbox import methods
+    from alert_platform.local.sandbox import params as methods
 
     assert (methods.MAX_BLOCKS, methods.MAX_SECTION_TEXT, methods.MAX_FIELD_TEXT) == (
         blocks.MAX_BLOCKS, blocks.SECTION_TEXT_MAX, blocks.SECTION_FIELD_MAX
