@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -87,6 +87,40 @@ def locked_begin(engine: Engine, lock: threading.Lock | None) -> Iterator[Connec
         return
     with lock, engine.begin() as conn:
         yield conn
+
+
+class StateTables:
+    """Tables of our own state in the ledger's database (SQLite or PostgreSQL), created at
+    first use: once per process, database and ``metadata`` (a sensor opens them every tick),
+    under a PostgreSQL advisory lock named ``lock_name`` so that concurrent creators queue.
+    Writes go through :meth:`_begin` (behind the SQLite file's in-process lock)."""
+
+    _created: set[tuple[str, int]] = set()
+
+    def __init__(self, url: str, metadata: sa.MetaData, lock_name: str) -> None:
+        self.engine = make_engine(url)
+        self._lock = sqlite_write_lock(url)
+        if (url, id(metadata)) in StateTables._created:
+            return
+        with self._begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": lock_name}
+                )
+            metadata.create_all(conn, checkfirst=True)
+        StateTables._created.add((url, id(metadata)))
+
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return locked_begin(self.engine, self._lock)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 class UTCDateTime(sa.types.TypeDecorator):

@@ -19,10 +19,9 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from alert_platform.kafka.offsets import OffsetRange
-from alert_platform.storage import UTCDateTime, locked_begin, make_engine, sqlite_write_lock
+from alert_platform.storage import StateTables, UTCDateTime
 
 _METADATA = sa.MetaData()
-_CREATED: set[str] = set()  # database URLs whose tables this process created or found
 HANDLED_RANGES = sa.Table(
     "handled_ranges",
     _METADATA,
@@ -50,28 +49,11 @@ def covered(wanted: OffsetRange, spans: Iterable[tuple[int, int]]) -> bool:
     return reached >= wanted.end
 
 
-class HandledRanges:
+class HandledRanges(StateTables):
     """The ``handled_ranges`` table (SQLite or PostgreSQL, the ledger URL)."""
 
     def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
-        self._lock = sqlite_write_lock(url)
-        if url in _CREATED:  # once per process and database (a sensor opens it every tick)
-            return
-        with locked_begin(self.engine, self._lock) as conn:
-            if self.engine.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('handled_ranges'))"))
-            _METADATA.create_all(conn, checkfirst=True)
-        _CREATED.add(url)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def __enter__(self) -> HandledRanges:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+        super().__init__(url, _METADATA, "handled_ranges")
 
     def record(
         self, ranges: Sequence[OffsetRange], *, topic_id: str = "", run_id: str = ""
@@ -92,7 +74,7 @@ class HandledRanges:
         ]
         if not rows:
             return
-        with locked_begin(self.engine, self._lock) as conn:
+        with self._begin() as conn:
             conn.execute(HANDLED_RANGES.insert(), rows)
 
     def handled(self, ranges: Sequence[OffsetRange], *, topic_id: str = "") -> set[OffsetRange]:
@@ -128,7 +110,7 @@ class HandledRanges:
         t = HANDLED_RANGES.c
         total = 0
         while True:
-            with locked_begin(self.engine, self._lock) as conn:
+            with self._begin() as conn:
                 ids = list(
                     conn.execute(
                         sa.select(t.id)

@@ -20,10 +20,9 @@ from alert_platform.delivery.handled_ranges import covered
 from alert_platform.delivery.ledger import DeliveryLedger
 from alert_platform.delivery.messages import OutboundMessage
 from alert_platform.kafka.offsets import OffsetRange
-from alert_platform.storage import UTCDateTime, locked_begin, make_engine, sqlite_write_lock
+from alert_platform.storage import StateTables, UTCDateTime
 
 _METADATA = sa.MetaData()
-_CREATED: set[str] = set()  # database URLs whose tables this process created or found
 WRITTEN_SETS = sa.Table(
     "written_alert_sets",
     _METADATA,
@@ -52,28 +51,11 @@ WRITTEN_ALERTS = sa.Table(
 )
 
 
-class WrittenAlerts:
+class WrittenAlerts(StateTables):
     """The three ``written_alert*`` tables (SQLite or PostgreSQL, the ledger URL)."""
 
     def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
-        self._lock = sqlite_write_lock(url)
-        if url in _CREATED:  # once per process and database (a sensor opens it every tick)
-            return
-        with locked_begin(self.engine, self._lock) as conn:
-            if self.engine.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('written_alerts'))"))
-            _METADATA.create_all(conn, checkfirst=True)
-        _CREATED.add(url)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def __enter__(self) -> WrittenAlerts:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+        super().__init__(url, _METADATA, "written_alerts")
 
     def record(
         self,
@@ -84,7 +66,7 @@ class WrittenAlerts:
         run_id: str = "",
     ) -> None:
         """Write down that ``ranges`` hold exactly ``messages`` (one transaction)."""
-        with locked_begin(self.engine, self._lock) as conn:
+        with self._begin() as conn:
             result = conn.execute(
                 WRITTEN_SETS.insert().values(run_id=run_id[:64], recorded_at=datetime.now(UTC))
             )
@@ -157,7 +139,7 @@ class WrittenAlerts:
         s = WRITTEN_SETS.c
         total = 0
         while True:
-            with locked_begin(self.engine, self._lock) as conn:
+            with self._begin() as conn:
                 query = sa.select(s.id).where(s.recorded_at < before)
                 ids = list(conn.execute(query.order_by(s.id).limit(batch_size)).scalars())
                 if ids:
