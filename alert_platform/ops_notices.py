@@ -41,7 +41,7 @@ from slack_sdk.errors import SlackApiError
 from sqlalchemy.engine import Connection
 
 from alert_platform.slack.client import without_retries
-from alert_platform.storage import UTCDateTime, make_engine
+from alert_platform.storage import StateTables, UTCDateTime
 
 POSTING = "posting"
 POSTED = "posted"
@@ -109,31 +109,18 @@ class _Decision:
     since: datetime | None
 
 
-class OpsNotifier:
+class OpsNotifier(StateTables):
     """Posts ops notices to ``channel`` through ``client`` (its retry handlers are dropped);
     ``ledger_url`` holds the state; ``reminder`` is the least time between two posts of a key."""
 
     def __init__(
         self, client: WebClient, channel: str, ledger_url: str, reminder: timedelta
     ) -> None:
+        super().__init__(ledger_url, _METADATA, "ops_notices.ddl")
         self.client = without_retries(client, logger=_LOGGER)
         self.channel = channel
         self.reminder = reminder
-        self.engine = make_engine(ledger_url)
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        with self.engine.begin() as conn:
-            if self.engine.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('ops_notices.ddl'))"))
-            _METADATA.create_all(conn, checkfirst=True)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def __enter__(self) -> OpsNotifier:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- the contract ------------------------------------------------------------------------
 
@@ -181,7 +168,7 @@ class OpsNotifier:
         if not stored:
             return 0
         t = OPS_NOTICES
-        with self._begin(stored) as conn:
+        with self._begin_keys(stored) as conn:
             result = conn.execute(
                 t.update()
                 .where(t.c.key.in_(stored), t.c.state != RESOLVED)
@@ -208,8 +195,9 @@ class OpsNotifier:
     # -- internals ---------------------------------------------------------------------------
 
     @contextmanager
-    def _begin(self, keys: Sequence[str]) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+    def _begin_keys(self, keys: Sequence[str]) -> Iterator[Connection]:
+        """A write transaction holding ``keys`` (SQLite: the file's write lock)."""
+        with self._begin() as conn:
             if self.engine.dialect.name == "postgresql":
                 for key in sorted(keys):  # one order everywhere: no deadlock
                     conn.execute(
@@ -221,7 +209,7 @@ class OpsNotifier:
     def _claim(self, keys: list[str], event: str | None, text: str) -> _Decision | None:
         t = OPS_NOTICES
         now = _utcnow()
-        with self._begin(keys) as conn:
+        with self._begin_keys(keys) as conn:
             rows = {
                 r["key"]: dict(r)
                 for r in conn.execute(t.select().where(t.c.key.in_(keys))).mappings()
@@ -296,7 +284,7 @@ class OpsNotifier:
     ) -> None:
         t = OPS_NOTICES
         now = _utcnow()
-        with self._begin(keys) as conn:
+        with self._begin_keys(keys) as conn:
             mine = t.update().where(t.c.key.in_(keys), t.c.owner == self.owner)
             if counted:  # posted, or perhaps posted: the next post is the reminder
                 values: dict[str, Any] = {

@@ -9,9 +9,11 @@ processes are serialised instead of failing on upgrade.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import UTC
 from pathlib import Path
 from typing import Any, Self
@@ -42,15 +44,18 @@ def make_engine(url: str) -> Engine:
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
 
+    file_backed = database not in (None, "", ":memory:")
+    if file_backed:
+        _ensure_wal(str(database))
+
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" below issue BEGIN (pysqlite's own would be DEFERRED).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        if database not in (None, "", ":memory:"):
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        if file_backed:
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -58,6 +63,34 @@ def make_engine(url: str) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _ensure_wal(database: str) -> None:
+    """Put the SQLite file ``database`` in WAL mode (a no-op when it is already).
+
+    WAL is a property of the file, so one switch per engine is enough. It is made here, behind
+    the file's in-process lock, rather than by every new pooled connection: threads that open a
+    fresh file at once would otherwise switch it concurrently, and a connection that wants the
+    exclusive lock for the switch while another holds a write lock in rollback-journal mode
+    gets ``database is locked`` at once (SQLite's deadlock rule), not after the busy timeout.
+    Another process may be switching the same file: that is retried until the busy timeout.
+    """
+    key = os.path.realpath(os.path.expanduser(database))
+    lock = sqlite_write_lock(f"sqlite:///{key}")
+    assert lock is not None
+    with lock:
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                with closing(sqlite3.connect(key, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)) as conn:
+                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise sqlite3.OperationalError(f"{key}: journal mode stayed {mode}")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
 
 # One lock per SQLite database file, shared by every ledger and outbox of
