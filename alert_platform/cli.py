@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from alert_platform import __version__
-from alert_platform.commands import backfill, demo, dev, explain, stack, topics
+from alert_platform.commands import backfill, demo, dev, explain, stack, stream, topics
 from alert_platform.commands.common import (
     CommandError,
     Register,
@@ -36,6 +36,7 @@ COMMANDS: tuple[Register, ...] = (
     demo.register,
     backfill.register,
     explain.register,
+    stream.register,
 )
 
 

@@ -215,6 +215,24 @@ class Settings(BaseSettings):
     state_retention_margin_hours: float = _env(
         "ALERT_STATE_RETENTION_MARGIN_HOURS", 24.0, ge=1, le=87_600
     )
+    # Stream mode: resident workers enrich and deliver as records arrive, the tail sensors only
+    # catch up on what the workers have not committed within the lag bound. Batch mode: every
+    # record goes through sensor-launched runs (the platform before stream mode).
+    mode: Literal["stream", "batch"] = _env("ALERT_PLATFORM_MODE", "stream")
+    stream_lag_bound_s: float = _env("ALERT_PLATFORM_STREAM_LAG_BOUND_S", 30.0, ge=1, le=86_400)
+    # A micro-batch: up to this many records, gathered for at most the linger after the first.
+    stream_max_batch: int = _env("ALERT_PLATFORM_STREAM_MAX_BATCH", 500, ge=1, le=100_000)
+    stream_linger_ms: float = _env("ALERT_PLATFORM_STREAM_LINGER_MS", 5.0, ge=0, le=10_000)
+    # The delivery worker's micro-batch (posting is paced per channel: keep it small).
+    stream_delivery_max_batch: int = _env(
+        "ALERT_PLATFORM_STREAM_DELIVERY_MAX_BATCH", 200, ge=1, le=10_000
+    )
+    # How often a worker reports its health (Dagster observations, logs).
+    stream_health_interval_s: float = _env(
+        "ALERT_PLATFORM_STREAM_HEALTH_INTERVAL_S", 60.0, ge=1, le=86_400
+    )
+    # The consumer groups of the workers: <prefix>.<stream>.
+    stream_group_prefix: str = _env("ALERT_PLATFORM_STREAM_GROUP_PREFIX", "alert-platform-stream")
     dagster_webserver_url: str = _env("DAGSTER_WEBSERVER_URL", "")
     # Dagster's run storage for `alert-platform dev` (ALERT_PLATFORM_DAGSTER_POSTGRES_URL); empty:
     # SQLite in DAGSTER_HOME. `dev` writes it to dagster.yaml as an env reference, not the URL.
@@ -247,7 +265,7 @@ class Settings(BaseSettings):
             return (init_settings,)
         return (init_settings, _MappingSource(settings_cls, reading))
 
-    @field_validator("kafka_profile", "start_policy", mode="before")
+    @field_validator("kafka_profile", "start_policy", "mode", mode="before")
     @classmethod
     def _normalise_choice(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -117,6 +117,8 @@ def run_delivery(
     allow_stale: bool = False,
     outbox: Outbox | None = None,
     producer: BatchProducer | None = None,
+    records: Sequence[SourceRecord] | None = None,
+    topic_ids: Mapping[str, str] | None = None,
     **deliver_options: Any,
 ) -> DeliveryRunReport:
     """Deliver the alerts in ``ranges`` exactly once; raise what ``deliver_batch`` raises.
@@ -128,7 +130,10 @@ def run_delivery(
     names a ``pacer`` / ``max_workers``. ``allow_stale``: post alerts older than
     ``settings.max_alert_age_hours`` too (explicit backfills only). ``outbox``: the
     ``slack-responses`` outbox (default: the one in the ledger's database). ``producer``: the
-    run's Kafka producer for outcomes (default: a new one from ``settings``).
+    run's Kafka producer for outcomes (default: a new one from ``settings``). ``records``: the
+    records of ``ranges``, already read (a stream worker's micro-batch: every record of each
+    range, nothing else); default: read here. ``topic_ids``: the ids of the ranges' topics when
+    the caller knows them (else asked from the broker, to record the handled ranges).
     """
     if deliver_options.get("pacer") is None:
         deliver_options["pacer"] = shared_pacer(
@@ -145,7 +150,7 @@ def run_delivery(
     )
     started = time.monotonic()
     report = DeliveryRunReport(list(ranges))
-    records = read_messages(settings, ranges)
+    records = list(records) if records is not None else read_messages(settings, ranges)
     report.records_read = len(records)
     own_ledger = ledger is None
     ledger = ledger or DeliveryLedger(settings.effective_ledger_url, owner=owner, lease=lease)
@@ -195,7 +200,7 @@ def run_delivery(
             if own_ledger:
                 ledger.close()
             report.elapsed_s = time.monotonic() - started
-    _record_handled(settings, ranges, report, url=state_url, owner=owner)
+    _record_handled(settings, ranges, report, url=state_url, owner=owner, topic_ids=topic_ids)
     return report
 
 
@@ -216,13 +221,18 @@ def _record_handled(
     *,
     url: str,
     owner: str | None,
+    topic_ids: Mapping[str, str] | None = None,
 ) -> None:
     """Tell the delivery sensor (through the ledger database) that ``ranges`` need no run.
     Never raises: a range not recorded merely gets a catch-up run, which finds duplicates."""
     if not ranges or not finished(report):
         return
     try:
-        ids = {rng.topic: current_topic_id(settings, rng.topic) for rng in ranges}
+        known = topic_ids or {}
+        ids = {
+            rng.topic: known.get(rng.topic) or current_topic_id(settings, rng.topic)
+            for rng in ranges
+        }
         with HandledRanges(url) as handled:
             for topic, tid in ids.items():
                 mine = [rng for rng in ranges if rng.topic == topic]

@@ -178,6 +178,14 @@ def _apply(
     stats.deletes += deletes
 
 
+def apply_records(
+    table: LookupTable, records: list[SourceRecord], spec: TableSpec, stats: CatchUpStats
+) -> None:
+    """Apply ``records`` of ``spec``'s topic (in offset order) to ``table`` in place: upserts,
+    tombstones, malformed records counted in ``stats`` (a stream worker following a table)."""
+    _apply(table, records, spec.parse_value, spec.normalise_key, spec.key_field, stats)
+
+
 def load_table(
     settings: Settings,
     table_spec: TableSpec,

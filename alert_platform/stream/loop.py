@@ -1,0 +1,324 @@
+"""The consume loop of a stream worker: micro-batches from a consumer group, commit when done.
+
+A micro-batch is the first record that arrives (``poll``) and whatever else arrives within
+``linger_s`` after it, up to ``max_batch`` records. The processor finishes every effect of a
+batch (records produced and flushed, alerts posted and in the ledger) before it returns; only
+then are the batch's offsets committed, synchronously. So a worker that dies anywhere leaves
+its uncommitted records to the next owner of the partition (another worker after the
+rebalance, itself after a restart, or a catch-up run), which finds what was already done in
+the ledger: nothing is lost, nothing posted twice.
+
+A batch whose processor raises is not committed: the loop rewinds its partitions to the
+batch's first offsets and tries again after a back-off (1 s, doubling, at most 30 s), so a
+broken dependency (broker, Slack, ledger) stalls the stream without a crash loop, and the tail
+sensor's catch-up takes over once the lag exceeds its bound. ``stop`` (SIGTERM, Ctrl-C, a
+terminated Dagster run) ends the loop after the batch in hand: it is finished and committed,
+and the consumer leaves its group at once so the partitions move without a session timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from alert_platform.kafka.offsets import OffsetRange
+from alert_platform.kafka.records import SourceRecord
+
+LOG = logging.getLogger("alert_platform.stream")
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+class BatchProcessor(Protocol):
+    """What a stream does with a micro-batch: every effect finished when it returns."""
+
+    def process(self, records: Sequence[SourceRecord]) -> int:
+        """Handle ``records`` (in offset order per partition); how many outputs (alerts
+        produced, alerts posted) it made. Raise to have the batch retried."""
+        ...
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How micro-batches are cut and how often health is reported."""
+
+    max_batch: int = 500
+    linger_s: float = 0.005
+    poll_s: float = 0.2
+    health_interval_s: float = 60.0
+
+
+@dataclass
+class PartitionState:
+    """What the worker knows of one assigned partition."""
+
+    committed: int | None = None  # next offset to read, as committed by this worker
+    last_timestamp_ms: int | None = None  # of the last record processed
+    end_seen: int | None = None  # the offset after the last record fetched
+
+
+@dataclass
+class StreamHealth:
+    """A worker's figures since its previous report (rates) and now (positions)."""
+
+    stream: str
+    group: str
+    member: str
+    interval_s: float
+    records: int
+    outputs: int
+    batches: int
+    failures: int
+    partitions: dict[int, PartitionState]
+    last_event_ms: int | None
+    last_error: str = ""
+
+    @property
+    def events_per_s(self) -> float:
+        return self.records / self.interval_s if self.interval_s > 0 else 0.0
+
+    @property
+    def outputs_per_min(self) -> float:
+        return 60 * self.outputs / self.interval_s if self.interval_s > 0 else 0.0
+
+    def lag(self) -> dict[int, int]:
+        """Records fetched but not yet committed, per assigned partition (the local broker's
+        high watermark is inexact, so lag is taken from what was fetched and committed)."""
+        out: dict[int, int] = {}
+        for partition, state in self.partitions.items():
+            if state.end_seen is not None and state.committed is not None:
+                out[partition] = max(0, state.end_seen - state.committed)
+            else:
+                out[partition] = 0
+        return out
+
+
+@dataclass
+class LoopStats:
+    """Totals of one loop's life."""
+
+    records: int = 0
+    outputs: int = 0
+    batches: int = 0
+    failures: int = 0
+    commits: int = 0
+    ranges: list[OffsetRange] = field(default_factory=list)  # committed, for tests (bounded)
+
+
+HealthCallback = Callable[[StreamHealth], None]
+
+
+def batch_ranges(records: Sequence[SourceRecord]) -> list[OffsetRange]:
+    """The ``[first, last + 1)`` range per partition of a micro-batch."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for record in records:
+        span = spans.get((record.topic, record.partition))
+        if span is None:
+            spans[(record.topic, record.partition)] = [record.offset, record.offset]
+        else:
+            span[1] = record.offset
+    return sorted(OffsetRange(t, p, lo, hi + 1) for (t, p), (lo, hi) in spans.items())
+
+
+def _record(message: Message) -> SourceRecord:
+    headers = message.headers()
+    return SourceRecord(
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.timestamp()[1],
+        message.key(),
+        message.value(),
+        tuple(headers) if headers else (),
+    )
+
+
+class StreamLoop:
+    """Consume ``topic`` in ``consumer``'s group and hand micro-batches to ``processor``.
+
+    ``consumer`` must have ``enable.auto.commit`` off (the loop commits); it is subscribed here
+    and closed by :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        group: str,
+        consumer: Consumer,
+        processor: BatchProcessor,
+        options: LoopOptions = LoopOptions(),
+        *,
+        on_health: HealthCallback | None = None,
+        member: str = "",
+    ) -> None:
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.processor = processor
+        self.options = options
+        self.on_health = on_health
+        self.member = member
+        self.partitions: dict[int, PartitionState] = {}
+        self.stats = LoopStats()
+        self._window = LoopStats()
+        self._window_started = time.monotonic()
+        self._last_event_ms: int | None = None
+        self._last_error = ""
+        self._assigned = threading.Event()
+
+    # -- rebalance callbacks (called inside poll/consume, between batches) --------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions.setdefault(tp.partition, PartitionState())
+        LOG.info("%s: assigned %s", self.stream, sorted(tp.partition for tp in partitions))
+        self._assigned.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions.pop(tp.partition, None)
+        LOG.info("%s: revoked %s", self.stream, sorted(tp.partition for tp in partitions))
+
+    def wait_assigned(self, timeout: float) -> bool:
+        """Whether the group gave this worker partitions within ``timeout`` (tests, benchmarks)."""
+        return self._assigned.wait(timeout)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> LoopStats:
+        """Process until ``stop`` is set, then finish the batch in hand, commit, leave."""
+        self.consumer.subscribe(
+            [self.stream], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )  # fmt: skip
+        backoff = 0.0
+        try:
+            while not stop.is_set():
+                batch = self._next_batch()
+                if batch:
+                    if self._handle(batch):
+                        backoff = 0.0
+                    else:
+                        backoff = min(BACKOFF_MAX_S, max(BACKOFF_FIRST_S, backoff * 2))
+                        stop.wait(backoff)
+                self._maybe_report()
+        finally:
+            self._report()
+            try:
+                self.consumer.close()  # leaves the group: its partitions move at once
+            except Exception as exc:  # pragma: no cover - best effort on the way out
+                LOG.warning("%s: closing the consumer failed: %s", self.stream, exc)
+        return self.stats
+
+    def _next_batch(self) -> list[SourceRecord]:
+        first = self.consumer.poll(self.options.poll_s)
+        if first is None:
+            return []
+        messages = [first]
+        if self.options.max_batch > 1:
+            deadline = time.monotonic() + self.options.linger_s
+            while len(messages) < self.options.max_batch:
+                left = deadline - time.monotonic()
+                more = self.consumer.consume(
+                    self.options.max_batch - len(messages), timeout=max(0.0, left)
+                )
+                messages.extend(more)
+                if not more or left <= 0:
+                    break
+        records: list[SourceRecord] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if error.fatal():
+                    raise KafkaException(error)
+                LOG.warning("%s: consume: %s", self.stream, error)
+                continue
+            records.append(_record(message))
+        for record in records:
+            state = self.partitions.setdefault(record.partition, PartitionState())
+            state.end_seen = max(state.end_seen or 0, record.offset + 1)
+        return records
+
+    def _handle(self, records: list[SourceRecord]) -> bool:
+        """Process and commit one batch; ``False`` when it failed (rewound for a retry)."""
+        ranges = batch_ranges(records)
+        try:
+            outputs = self.processor.process(records)
+        except Exception as exc:
+            self._fail(ranges, exc)
+            return False
+        offsets = [TopicPartition(r.topic, r.partition, r.end) for r in ranges]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Done but not committed (e.g. the partition moved in a rebalance): the next owner
+            # repeats the batch and the ledger makes the repeat a no-op.
+            LOG.warning("%s: commit of %s failed: %s", self.stream, ranges, exc)
+        else:
+            self.stats.commits += 1
+        for rng in ranges:
+            state = self.partitions.setdefault(rng.partition, PartitionState())
+            state.committed = rng.end
+        last = max(r.timestamp_ms for r in records)
+        for record in records:
+            state = self.partitions.get(record.partition)
+            if state is not None:
+                state.last_timestamp_ms = record.timestamp_ms
+        self._last_event_ms = max(self._last_event_ms or last, last)
+        for totals in (self.stats, self._window):
+            totals.records += len(records)
+            totals.outputs += outputs
+            totals.batches += 1
+        if len(self.stats.ranges) < 10_000:
+            self.stats.ranges.extend(ranges)
+        return True
+
+    def _fail(self, ranges: list[OffsetRange], exc: Exception) -> None:
+        self.stats.failures += 1
+        self._window.failures += 1
+        self._last_error = f"{type(exc).__name__}: {exc}"[:500]
+        LOG.error("%s: batch %s failed, retrying it: %s", self.stream,
+                  ", ".join(map(str, ranges)), self._last_error)  # fmt: skip
+        for rng in ranges:
+            if rng.partition not in self.partitions:
+                continue  # revoked meanwhile: its next owner starts at the committed offset
+            try:
+                self.consumer.seek(TopicPartition(rng.topic, rng.partition, rng.start))
+            except KafkaException as seek_error:
+                LOG.warning("%s: rewinding %s failed: %s", self.stream, rng, seek_error)
+
+    def _maybe_report(self) -> None:
+        if time.monotonic() - self._window_started >= self.options.health_interval_s:
+            self._report()
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        health = StreamHealth(
+            stream=self.stream,
+            group=self.group,
+            member=self.member,
+            interval_s=now - self._window_started,
+            records=self._window.records,
+            outputs=self._window.outputs,
+            batches=self._window.batches,
+            failures=self._window.failures,
+            partitions={p: PartitionState(**vars(s)) for p, s in self.partitions.items()},
+            last_event_ms=self._last_event_ms,
+            last_error=self._last_error,
+        )
+        self._window = LoopStats()
+        self._window_started = now
+        if self.on_health is not None:
+            try:
+                self.on_health(health)
+            except Exception as exc:  # a report must never stop the stream
+                LOG.warning("%s: health report failed: %s", self.stream, exc)
