@@ -10,7 +10,7 @@ the retention margin (:meth:`RunIndex.prune`); a pruned range is simply unrecord
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -89,6 +89,32 @@ class RunIndex:
                     run_id=run_id,
                     recorded_at=datetime.now(UTC),
                 )
+            )
+
+    def record_many(self, rows: Sequence[ProcessedRange]) -> None:
+        """:meth:`record` for several ranges in one transaction (a stream worker's batch)."""
+        if not rows:
+            return
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(
+                PROCESSED_RANGES.insert(),
+                [
+                    {
+                        "pipeline": row.pipeline,
+                        "topic": row.range.topic,
+                        "partition": row.range.partition,
+                        "start_offset": row.range.start,
+                        "end_offset": row.range.end,
+                        "min_timestamp_ms": row.min_timestamp_ms,
+                        "max_timestamp_ms": row.max_timestamp_ms,
+                        "records": row.records,
+                        "alerts": row.alerts,
+                        "run_id": row.run_id,
+                        "recorded_at": now,
+                    }
+                    for row in rows
+                ],
             )
 
     def prune(self, before: datetime, *, batch_size: int = 1_000) -> int:

@@ -16,6 +16,8 @@ from alert_platform.settings import DAGSTER_POSTGRES_URL_ENV, Settings
 
 # Sensor -> run latency: dequeue every second with threads (see docs/local-broker.md), and runs
 # of the same source topic (and so partition) never overlap (one per `alert-platform/source` tag).
+# In stream mode one resident run per stream (3 locally) holds a slot for good: 12 slots leave 9
+# for catch-up, backfill and scheduled runs.
 _INSTANCE_YAML = """\
 # Written by `alert-platform dev`; edit the template in alert_platform/local/dev.py instead.
 run_coordinator:
@@ -27,7 +29,7 @@ run_coordinator:
     dequeue_num_workers: 4
 concurrency:
   runs:
-    max_concurrent_runs: 8
+    max_concurrent_runs: 12
     tag_concurrency_limits:
       - key: "alert-platform/source"
         value:
@@ -89,6 +91,7 @@ def platform_environment(settings: Settings, dagster_home: Path) -> dict[str, st
             "BIGQUERY_API_ENDPOINT": settings.bigquery_api_endpoint,
             "BIGQUERY_PROJECT": settings.bigquery_project,
             "BIGQUERY_DATASET": settings.bigquery_dataset,
+            "ALERT_PLATFORM_MODE": settings.mode,
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -177,6 +180,41 @@ def _end_group(pgid: int, grace_s: float = 5.0) -> None:
             time.sleep(0.1)
 
 
+def stream_groups_ready(settings: Settings) -> dict[str, bool]:
+    """Whether each stream's consumer group has members with partitions (stream mode)."""
+    from alert_platform.kafka.clients import make_admin
+    from alert_platform.stream.names import all_streams, stream_group
+
+    groups = {stream_group(settings.stream_group_prefix, s): s for s in all_streams()}
+    admin = make_admin(settings)
+    ready = dict.fromkeys(groups.values(), False)
+    for group, future in admin.describe_consumer_groups(list(groups), request_timeout=5).items():
+        try:
+            description = future.result(timeout=5)
+        except Exception:  # not known yet
+            continue
+        assigned = any(m.assignment and m.assignment.topic_partitions for m in description.members)
+        ready[groups[group]] = bool(description.members) and assigned
+    return ready
+
+
+def _wait_for_stream_workers(settings: Settings, timeout_s: float = 180.0) -> None:
+    """Wait until Dagster's supervisor has every stream worker in its group, so the demo's
+    events are streamed as they arrive (else the catch-up runs take them after the lag bound)."""
+    print("Waiting for the stream workers (Dagster's stream_supervisor starts them)...", flush=True)
+    deadline = time.monotonic() + timeout_s
+    ready: dict[str, bool] = {}
+    while time.monotonic() < deadline:
+        ready = stream_groups_ready(settings)
+        if ready and all(ready.values()):
+            print(f"Stream workers up: {', '.join(ready)}.", flush=True)
+            return
+        time.sleep(1)
+    missing = [stream for stream, up in ready.items() if not up]
+    print(f"Stream workers not all up after {timeout_s:.0f} s (missing {missing}): the catch-up "
+          "runs deliver their events after the lag bound.", flush=True)  # fmt: skip
+
+
 def _print_banner(settings: Settings, dagster_home: Path) -> None:
     sandbox_root = settings.slack_api_url.removesuffix("/").removesuffix("/api")
     lines = [
@@ -227,6 +265,8 @@ def run_dev(settings: Settings, *, demo_events: int = 20, ui_timeout_s: float = 
         wait_for_http(
             f"http://127.0.0.1:{settings.dagster_port}/server_info", ui_timeout_s, dagster
         )
+        if settings.mode == "stream":
+            _wait_for_stream_workers(settings)
         produced = produce_events(settings, demo.events)
         print(f"Produced {produced} demo connector events.", flush=True)
         _print_banner(settings, dagster_home)

@@ -20,7 +20,7 @@ from alert_platform.kafka.records import SourceRecord
 from alert_platform.kafka.writer import BatchProducer
 from alert_platform.pipelines.engine import encode_dead_letter, enrich_batch
 from alert_platform.pipelines.spec import PipelineSpec, RenderOptions
-from alert_platform.run_index import RunIndex
+from alert_platform.run_index import ProcessedRange, RunIndex
 from alert_platform.stream.loop import batch_ranges
 from alert_platform.stream.tables import TableFollower
 
@@ -85,13 +85,15 @@ class EnrichmentProcessor:
         if self.index is None:
             return
         try:
+            rows: list[ProcessedRange] = []
             for rng in batch_ranges(records):
                 mine = [r.timestamp_ms for r in records if r.partition == rng.partition]
                 for spec, alerts in per_spec:
-                    self.index.record(
-                        spec.name, rng, min_timestamp_ms=min(mine), max_timestamp_ms=max(mine),
-                        records=len(mine), alerts=alerts[rng.partition], run_id=self.run_id,
+                    rows.append(
+                        ProcessedRange(spec.name, rng, min(mine), max(mine), len(mine),
+                                       alerts[rng.partition], self.run_id)
                     )  # fmt: skip
+            self.index.record_many(rows)
         except Exception as exc:  # the alerts are out: only explain loses this batch's row
             LOG.warning("could not record the batch in the run index: %s", exc)
 

@@ -55,6 +55,11 @@ GROUP_CONFIG: dict[str, str | int | bool] = {
     "max.poll.interval.ms": 600_000,
 }
 
+# Transient Slack failures per message within one micro-batch (a batch run allows 8): during an
+# outage the batch ends within seconds and the loop's back-off retries it, so the worker stays
+# responsive to a drain and the catch-up sees the lag.
+STREAM_DELIVERY_ATTEMPTS = 3
+
 
 @dataclass
 class StreamWorker:
@@ -121,6 +126,7 @@ def build_worker(
             producer,
             owner=member,
             topic_ids={stream: topic_id(settings, stream)},
+            max_attempts=STREAM_DELIVERY_ATTEMPTS,
         )
         max_batch = settings.stream_delivery_max_batch
     else:
