@@ -39,8 +39,10 @@ from assets.resources import (
     PlatformResource,
     SlackDeliveryResource,
 )
+from assets.streams import STREAM_CHECKS, alert_stream_job
 from assets.topics import topic_asset_key, topic_spec
 from sensors.run_failure import ops_run_failure_to_slack, ops_run_success_resolves
+from sensors.stream_supervisor import stream_supervisor
 from sensors.tables import LOOKUP_TABLES_JOB, make_table_refresh_sensor
 from sensors.topic_tail import make_topic_tail_sensor
 
@@ -69,7 +71,8 @@ topic_assets = [
 alert_jobs = [
     define_asset_job(
         f"{name}_alerts_job",
-        selection=AssetSelection.assets(ALERT_ASSETS[name]),
+        # The stream checks run from the supervisor (or the UI), never inside an alerts run.
+        selection=AssetSelection.assets(ALERT_ASSETS[name]) - AssetSelection.checks(*STREAM_CHECKS),
         description=(
             f"Enrich `{spec.source_topic}` with pipeline `{name}` into `slack-messages`, and "
             "deliver the alerts inline unless ALERT_PLATFORM_INLINE_DELIVERY=false."
@@ -116,13 +119,18 @@ defs = Definitions(
         onboarding_started_events,
         platform_state_retention,
     ],
-    asset_checks=TABLE_CHECKS,
+    asset_checks=[*TABLE_CHECKS, *STREAM_CHECKS],
     jobs=[
         *alert_jobs,
-        define_asset_job(SLACK_DELIVERY_JOB, selection=AssetSelection.assets(slack_deliveries)),
+        define_asset_job(
+            SLACK_DELIVERY_JOB,
+            selection=AssetSelection.assets(slack_deliveries)
+            - AssetSelection.checks(*STREAM_CHECKS),
+        ),
         define_asset_job(LOOKUP_TABLES_JOB, selection=AssetSelection.assets(*TABLE_ASSETS)),
         onboarding_producer_job,
         state_retention_job,
+        alert_stream_job,
     ],
     schedules=[onboarding_producer_schedule, state_retention_schedule],
     sensors=[
@@ -131,6 +139,7 @@ defs = Definitions(
         make_table_refresh_sensor(),
         ops_run_failure_to_slack,
         ops_run_success_resolves,
+        stream_supervisor,
     ],
     resources={
         "platform": PLATFORM,

@@ -28,6 +28,7 @@ from alert_platform.settings import Settings
 from alert_platform.slack.client import make_ops_client
 from alert_platform.slack.mrkdwn import escape
 from assets.resources import PlatformResource, SlackDeliveryResource
+from sensors.stream_supervisor import STREAM_TAG
 
 RANGE_TAG_PREFIX = "alert-platform/range-"
 _RETRY_SUFFIX = re.compile(r"#retry\d+$")
@@ -42,6 +43,9 @@ def failure_keys(run: DagsterRun) -> list[str]:
     )
     if ranges:
         return [f"run-failure:{run.job_name}:{key}" for key in ranges]
+    stream = run.tags.get(STREAM_TAG)
+    if stream:  # each stream worker's failures are an incident of their own
+        return [f"run-failure:{run.job_name}:stream:{stream}"]
     partition = run.tags.get("dagster/partition") or "-"
     return [f"run-failure:{run.job_name}:{partition}"]
 

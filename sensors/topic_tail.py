@@ -24,6 +24,13 @@ sensors, whose runs report them; the delivery sensor (whose runs take only ``ran
 the ops notice itself. ``needs_no_run`` (the delivery sensor's: the ledger database's handled
 ranges, no Kafka read) is asked about all ranges at once; if that fails, range by range, and a
 range it cannot judge is logged and simply gets a run: a tick never fails because of it.
+
+Stream mode (``ALERT_PLATFORM_MODE=stream``, read at every tick): resident workers consume the
+topic in the stream's consumer group (``stream_group(prefix, topic)``). The sensor launches
+nothing for the records the group's committed offsets cover and moves its cursor past them; a
+record they do not cover gets a catch-up run once it has stayed uncovered for longer than
+``ALERT_PLATFORM_STREAM_LAG_BOUND_S`` (see ``alert_platform.stream.handover``). The delivery
+sensor's ``needs_no_run`` still applies to what is launched. Batch mode: as before stream mode.
 """
 
 import time
@@ -45,6 +52,7 @@ from dagster import (
 from alert_platform import topics
 from alert_platform.kafka.admin import topic_id
 from alert_platform.kafka.clients import make_admin, make_consumer
+from alert_platform.kafka.groups import committed_offsets
 from alert_platform.kafka.offsets import OffsetRange, first_offsets_at, probe_watermarks
 from alert_platform.kafka.tailing import (
     PendingRange,
@@ -58,6 +66,8 @@ from alert_platform.kafka.tailing import (
 )
 from alert_platform.retention_gaps import notify_gaps
 from alert_platform.settings import Settings
+from alert_platform.stream import handover
+from alert_platform.stream.names import stream_group
 from assets.partitions import current_hour_partition
 from assets.resources import PlatformResource
 
@@ -203,13 +213,15 @@ def make_topic_tail_sensor(
     needs_no_run: RangeFilter | None = None,
     description: str = "",
     reports_gaps: bool | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> SensorDefinition:
     """A sensor that tails ``topic`` and requests ``job_name`` runs over offset ranges.
 
     ``settle_one_tick`` and ``needs_no_run`` make a safety-net sensor: it waits a tick, then
     drops the ranges ``needs_no_run`` says were already handled. ``reports_gaps``: the op's
     config takes ``lost`` (retention gaps its run reports); default: every topic but
-    ``slack-messages``, whose sensor notifies ops of gaps itself.
+    ``slack-messages``, whose sensor notifies ops of gaps itself. ``clock``: the wall clock
+    (tests move it to cross the stream lag bound).
     """
     gaps_to_runs = topic != topics.SLACK_MESSAGES if reports_gaps is None else reports_gaps
 
@@ -224,11 +236,12 @@ def make_topic_tail_sensor(
         settings = platform.settings()
         cursor = TailCursor.from_json(context.cursor)
         consumer = make_consumer(settings)
+        admin = make_admin(settings)
         try:  # watermarks of every partition in one list_offsets call per side
-            marks = probe_watermarks(consumer, topic, admin=make_admin(settings))
+            marks = probe_watermarks(consumer, topic, admin=admin)
         finally:
             consumer.close()
-        now = time.time()
+        now = clock()
         current_id = topic_id(settings, topic)  # "" when unknown: the cursor's is kept
         # The start policy applies to a cursor without history; a partition added to a topic
         # the cursor already tails holds only new records: it starts at its low watermark.
@@ -236,11 +249,27 @@ def make_topic_tail_sensor(
         start_offsets, start_at_latest, start_notes = locate_starts(
             settings, topic, marks, fresh, now
         )
+        ends = {p: end for p, (_low, end) in marks.items()}
+        lows = {p: low for p, (low, _end) in marks.items()}
+        group_id = stream_group(settings.stream_group_prefix, topic)
+        handing: handover.HandoverPlan | None = None
+        if settings.mode == "stream":
+            try:
+                committed: dict[int, int] | None = committed_offsets(admin, group_id, topic, ends)
+            except Exception as exc:  # nothing counts as covered; the bound still applies
+                context.log.warning(str(exc))
+                committed = None
+            handing = handover.plan_handover(
+                cursor, topic, ends=ends, lows=lows, committed=committed, now=now,
+                bound_s=settings.stream_lag_bound_s, topic_id=current_id,
+                start_offsets=start_offsets, start_at_latest=start_at_latest,
+            )  # fmt: skip
+            cursor = handing.cursor
         plan = plan_tick(
             cursor,
             topic,
-            ends={p: end for p, (_low, end) in marks.items()},
-            lows={p: low for p, (low, _end) in marks.items()},
+            ends=handing.ends if handing is not None else ends,
+            lows=lows,
             run_states=run_states(context.instance, cursor.pending),
             now=now,
             max_records_per_run=max_records_per_run,
@@ -258,13 +287,22 @@ def make_topic_tail_sensor(
         if plan.gaps and not gaps_to_runs:
             notify_gaps(settings, plan.gaps, f"sensor {name}")
         requests = list(plan.requests)
-        next_cursor = plan.cursor
+        if handing is not None:
+            next_cursor = handover.settle(plan.cursor, handing, ends)
+        else:
+            next_cursor = handover.without_handover(plan.cursor)
         if needs_no_run is not None and requests:
             handled = _handled(
                 context, needs_no_run, settings, [r.range for r in requests], next_cursor.topic_id
             )
             requests = [request for request in requests if request.range not in handled]
             next_cursor = drop_ranges(next_cursor, handled)
+        if handing is not None:
+            for note in handing.notes:
+                context.log.warning(note)
+            catch_up = [request.range for request in requests]
+            if catch_up or handing.covered or handing.waiting or handing.dropped:
+                context.log.info(handover.describe(topic, group_id, handing, catch_up))
         partition_key = current_hour_partition(now) if partitioned else None
         runs = [
             _run_request(topic, op_name, group, partition_key, gaps_to_runs)

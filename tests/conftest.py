@@ -35,6 +35,8 @@ from alert_platform.local.stack import LocalStack, free_port_settings
 from alert_platform.settings import Settings
 
 os.environ.update(LOCAL_ENVIRONMENT)  # the local profile for the whole session (see above)
+# The sensor tests exercise the batch path (every range a run); stream-mode tests set the mode.
+os.environ.setdefault("ALERT_PLATFORM_MODE", "batch")
 
 
 @pytest.fixture(scope="session")

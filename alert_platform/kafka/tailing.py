@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from alert_platform.kafka.offsets import OffsetRange
@@ -91,12 +91,16 @@ class PendingRange:
 @dataclass(frozen=True)
 class TailCursor:
     """Next offset per partition, the ranges whose runs are not known to have succeeded, and
-    the partition ends seen at the previous tick (for ``settle_one_tick``)."""
+    the partition ends seen at the previous tick (for ``settle_one_tick``).
+
+    ``handover`` is the stream mode's state (:mod:`alert_platform.stream.handover`), a JSON
+    object kept as is; empty in batch mode and in cursors written before stream mode."""
 
     next_offsets: Mapping[int, int] = field(default_factory=dict)
     pending: tuple[PendingRange, ...] = ()
     observed: Mapping[int, int] = field(default_factory=dict)
     topic_id: str = ""  # of the topic the offsets refer to; "" = not known
+    handover: Mapping[str, object] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data: dict[str, object] = {
@@ -106,6 +110,8 @@ class TailCursor:
         }
         if self.topic_id:
             data["topic_id"] = self.topic_id
+        if self.handover:
+            data["handover"] = self.handover
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -118,6 +124,7 @@ class TailCursor:
             pending=tuple(PendingRange.from_dict(p) for p in data.get("pending", [])),
             observed={int(p): int(o) for p, o in data.get("observed", {}).items()},
             topic_id=str(data.get("topic_id", "")),
+            handover=dict(data.get("handover") or {}),
         )
 
 
@@ -181,6 +188,16 @@ def _gap_note(topic: str, gap: OffsetRange, what: str) -> str:
         f"{topic}[{gap.partition}]: offsets {gap.start}..{gap.end - 1} ({gap.size}) were deleted "
         f"by retention before they were read; {what}"
     )
+
+
+def initial_offset(
+    end: int, low: int, start: int | None = None, start_at_latest: bool = False
+) -> int:
+    """Where a partition without history starts: ``start`` clamped to ``[low, end]`` when
+    given, else at ``end`` with ``start_at_latest``, else at ``low``."""
+    if start is not None:
+        return max(low, min(end, start))
+    return end if start_at_latest else low
 
 
 def plan_tick(
@@ -276,10 +293,8 @@ def plan_tick(
         if partition in recreated:
             next_offsets[partition] = low
         elif partition not in next_offsets:
-            if start_offsets is not None and partition in start_offsets:
-                next_offsets[partition] = max(low, min(end, start_offsets[partition]))
-            else:
-                next_offsets[partition] = end if start_at_latest else low
+            start_at = (start_offsets or {}).get(partition)
+            next_offsets[partition] = initial_offset(end, low, start_at, start_at_latest)
         if settle_one_tick:  # (what a recreated partition's previous tick saw is gone)
             end = min(end, 0 if partition in recreated else cursor.observed.get(partition, 0))
         start = next_offsets[partition]
@@ -308,7 +323,9 @@ def plan_tick(
 
     for partition in recreated - set(ends):  # gone with the old topic
         next_offsets.pop(partition, None)
-    cursor_out = TailCursor(next_offsets, tuple(still_pending), dict(ends), topic_id)
+    cursor_out = TailCursor(
+        next_offsets, tuple(still_pending), dict(ends), topic_id, cursor.handover
+    )
     return TickPlan(tuple(requests), cursor_out, tuple(notes), tuple(gaps))
 
 
@@ -338,5 +355,4 @@ def group_run_key(topic: str, requests: Sequence[RangeRequest]) -> str:
 def drop_ranges(cursor: TailCursor, done: Iterable[OffsetRange]) -> TailCursor:
     """``cursor`` without the pending entries of ``done`` (handled without a run)."""
     skip = set(done)
-    pending = tuple(p for p in cursor.pending if p.range not in skip)
-    return TailCursor(cursor.next_offsets, pending, cursor.observed, cursor.topic_id)
+    return replace(cursor, pending=tuple(p for p in cursor.pending if p.range not in skip))
