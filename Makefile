@@ -37,6 +37,7 @@ lint: install
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[local,bench]'
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.bench_stream
 
 clean:
 	rm -rf $(VENV) .alert-platform .pytest_cache .import_linter_cache

@@ -221,12 +221,17 @@ class Settings(BaseSettings):
     mode: Literal["stream", "batch"] = _env("ALERT_PLATFORM_MODE", "stream")
     stream_lag_bound_s: float = _env("ALERT_PLATFORM_STREAM_LAG_BOUND_S", 30.0, ge=1, le=86_400)
     # A micro-batch: up to this many records, gathered for at most the linger after the first.
-    stream_max_batch: int = _env("ALERT_PLATFORM_STREAM_MAX_BATCH", 500, ge=1, le=100_000)
+    stream_max_batch: int = _env("ALERT_PLATFORM_STREAM_MAX_BATCH", 5_000, ge=1, le=100_000)
     stream_linger_ms: float = _env("ALERT_PLATFORM_STREAM_LINGER_MS", 5.0, ge=0, le=10_000)
     # The delivery worker's micro-batch (posting is paced per channel: keep it small).
     stream_delivery_max_batch: int = _env(
         "ALERT_PLATFORM_STREAM_DELIVERY_MAX_BATCH", 200, ge=1, le=10_000
     )
+    # fetch.wait.max.ms of the workers' group consumers (0: the cluster profile's / librdkafka's).
+    # A real broker answers a fetch as soon as data arrives, whatever the wait; the local one
+    # holds every fetch for the whole wait, so there it trades latency against the broker's
+    # idle CPU (the local profile sets 25 ms).
+    stream_fetch_wait_ms: int = _env("ALERT_PLATFORM_STREAM_FETCH_WAIT_MS", 0, ge=0, le=10_000)
     # How often a worker reports its health (Dagster observations, logs).
     stream_health_interval_s: float = _env(
         "ALERT_PLATFORM_STREAM_HEALTH_INTERVAL_S", 60.0, ge=1, le=86_400
@@ -329,10 +334,12 @@ class Settings(BaseSettings):
         return self.kafka["bootstrap.servers"]
 
     def kafka_client_config(self, **extra: str | int | bool) -> dict[str, str | int | bool]:
-        """librdkafka settings for any client: passthrough, then the profile, then ``extra``."""
-        config: dict[str, str | int | bool] = dict(self.kafka)
+        """librdkafka settings for any client: the profile, then the passthrough (a property
+        set explicitly wins over the profile's), then ``extra``."""
+        config: dict[str, str | int | bool] = {}
         if self.kafka_profile == "local":
             config.update(LOCAL_KAFKA_PROFILE)
+        config.update(self.kafka)
         config.update(extra)
         return config
 

@@ -50,6 +50,9 @@ ALIVE = [
     DagsterRunStatus.STARTED,
 ]
 CHECK_REPORT_EVERY_S = 300.0
+# The lag and freshness are measured at most this often (each costs a probe of every stream's
+# partitions): the supervisor's 5 s ticks only look at the runs.
+CHECK_EVALUATE_EVERY_S = 60.0
 MINIMUM_INTERVAL_S = 5  # the daemon's floor: a dead worker is replaced within seconds
 
 
@@ -97,8 +100,17 @@ def parse_cursor(raw: str | None) -> dict[str, Reported]:
         return {}
 
 
-def dump_cursor(reported: Mapping[str, Reported]) -> str:
-    return json.dumps({"checks": {k: [r.passed, r.at] for k, r in sorted(reported.items())}})
+def dump_cursor(reported: Mapping[str, Reported], evaluated_at: float = 0.0) -> str:
+    checks = {k: [r.passed, r.at] for k, r in sorted(reported.items())}
+    return json.dumps({"checks": checks, "evaluated_at": evaluated_at})
+
+
+def evaluated_at(raw: str | None) -> float:
+    """When the checks were last measured (0: never, or an unreadable cursor)."""
+    try:
+        return float(json.loads(raw or "{}").get("evaluated_at", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def reports_due(
@@ -170,12 +182,16 @@ def stream_supervisor(
                 f"stream {stream}: {count} worker runs alive (they share its group)"
             )
     launch = streams_to_launch(streams, alive)
-    verdicts = stream_verdicts(context.instance, settings, now)
-    state, reported = report_checks(context.instance, verdicts, parse_cursor(context.cursor), now)
-    failing = sorted(check_id(k) for k, v in verdicts.items() if not v.passed)
-    if reported:
-        context.log.info(f"reported {len(reported)} check(s); failing: {failing or 'none'}")
-    cursor = dump_cursor(state)
+    state = parse_cursor(context.cursor)
+    last_evaluated = evaluated_at(context.cursor)
+    if now - last_evaluated >= CHECK_EVALUATE_EVERY_S or now < last_evaluated:
+        verdicts = stream_verdicts(context.instance, settings, now)
+        state, reported = report_checks(context.instance, verdicts, state, now)
+        failing = sorted(check_id(k) for k, v in verdicts.items() if not v.passed)
+        if reported:
+            context.log.info(f"reported {len(reported)} check(s); failing: {failing or 'none'}")
+        last_evaluated = now
+    cursor = dump_cursor(state, last_evaluated)
     if launch:
         context.log.info(f"launching a worker run for {', '.join(launch)}")
         return SensorResult(

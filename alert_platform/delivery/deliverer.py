@@ -130,6 +130,14 @@ def _horizon(max_future: timedelta) -> datetime:
         return datetime.max.replace(tzinfo=UTC)
 
 
+def _relay_stop(outer: threading.Event, inner: threading.Event, done: threading.Event) -> None:
+    """Set ``inner`` (the batch's own stop) once ``outer`` is set, until ``done``."""
+    while not done.is_set():
+        if outer.wait(0.05):
+            inner.set()
+            return
+
+
 def deliver_batch(
     messages: Iterable[OutboundMessage | SourceRecord],
     client: WebClient,
@@ -148,6 +156,7 @@ def deliver_batch(
     retry_after_max: float = RETRY_AFTER_MAX,
     max_age_by_pipeline: Mapping[str, timedelta] | None = None,
     max_future: timedelta | None = None,
+    stop: threading.Event | None = None,
 ) -> DeliveryReport:
     """Post each message to Slack at most once per de-duplication window, at least once
     unless Slack refuses it for good (then it is dead-lettered).
@@ -174,6 +183,9 @@ def deliver_batch(
     ``event_time`` lies further ahead than now + ``max_future`` is dead-lettered
     (``event_time_in_future``), whoever wrote it to ``slack-messages``.
     ``retry_after_max``: a 429's ``Retry-After`` is used within ``[1, retry_after_max]`` s.
+    ``stop``: set from outside (a stream worker draining) to end the batch early, as an auth
+    failure does: no further claim or post, the send in flight finishes, claims not posted are
+    released; the rest is left ``not_attempted`` for a later run.
 
     Order of effects, per outcome: ``on_response`` is called, and has returned, *before* the
     ledger write that makes the outcome final (``mark_delivered`` after a post or a recovery,
@@ -268,13 +280,18 @@ def deliver_batch(
                 with errors_lock:
                     errors.append(exc)
 
+    relayed = threading.Event()
     try:
         if lanes:
+            if stop is not None:
+                threading.Thread(target=_relay_stop, args=(stop, batch.stop, relayed),
+                                 name="slack-batch-stop", daemon=True).start()  # fmt: skip
             workers = max(1, min(max_workers, len(lanes)))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-lane") as pool:
                 for future in [pool.submit(work) for _ in range(workers)]:
                     future.result()
     finally:
+        relayed.set()
         batch.ops.close()  # every post recorded in the ledger before the batch reports
     if batch.ops.error is not None:
         errors.append(batch.ops.error)

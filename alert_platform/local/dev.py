@@ -11,8 +11,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alert_platform.settings import DAGSTER_POSTGRES_URL_ENV, Settings
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 # Sensor -> run latency: dequeue every second with threads (see docs/local-broker.md), and runs
 # of the same source topic (and so partition) never overlap (one per `alert-platform/source` tag).
@@ -180,21 +184,23 @@ def _end_group(pgid: int, grace_s: float = 5.0) -> None:
             time.sleep(0.1)
 
 
-def stream_groups_ready(settings: Settings) -> dict[str, bool]:
-    """Whether each stream's consumer group has members with partitions (stream mode)."""
+def stream_groups_ready(settings: Settings, admin: AdminClient | None = None) -> dict[str, bool]:
+    """Whether each stream's consumer group is ``Stable`` (members joined and assigned; the
+    local broker lists no members in a description, so the state is what tells)."""
+    from confluent_kafka import ConsumerGroupState
+
     from alert_platform.kafka.clients import make_admin
     from alert_platform.stream.names import all_streams, stream_group
 
     groups = {stream_group(settings.stream_group_prefix, s): s for s in all_streams()}
-    admin = make_admin(settings)
+    admin = admin if admin is not None else make_admin(settings)
     ready = dict.fromkeys(groups.values(), False)
     for group, future in admin.describe_consumer_groups(list(groups), request_timeout=5).items():
         try:
             description = future.result(timeout=5)
         except Exception:  # not known yet
             continue
-        assigned = any(m.assignment and m.assignment.topic_partitions for m in description.members)
-        ready[groups[group]] = bool(description.members) and assigned
+        ready[groups[group]] = description.state == ConsumerGroupState.STABLE
     return ready
 
 
@@ -202,10 +208,13 @@ def _wait_for_stream_workers(settings: Settings, timeout_s: float = 180.0) -> No
     """Wait until Dagster's supervisor has every stream worker in its group, so the demo's
     events are streamed as they arrive (else the catch-up runs take them after the lag bound)."""
     print("Waiting for the stream workers (Dagster's stream_supervisor starts them)...", flush=True)
+    from alert_platform.kafka.clients import make_admin
+
+    admin = make_admin(settings)
     deadline = time.monotonic() + timeout_s
     ready: dict[str, bool] = {}
     while time.monotonic() < deadline:
-        ready = stream_groups_ready(settings)
+        ready = stream_groups_ready(settings, admin)
         if ready and all(ready.values()):
             print(f"Stream workers up: {', '.join(ready)}.", flush=True)
             return

@@ -27,6 +27,8 @@ LOCAL_ENVIRONMENT: Mapping[str, str] = MappingProxyType(
         "SLACK_BOT_TOKEN": LOCAL_SLACK_TOKEN,
         "BIGQUERY_API_ENDPOINT": LOCAL_BIGQUERY_ENDPOINT,
         "BIGQUERY_PROJECT": LOCAL_BIGQUERY_PROJECT,
+        # The stream workers' fetches: ~12 ms more per hop than 10 ms, a third of the broker CPU.
+        "ALERT_PLATFORM_STREAM_FETCH_WAIT_MS": "25",
     }
 )
 

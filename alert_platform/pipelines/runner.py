@@ -157,7 +157,7 @@ def run_enrichment(
         report.add_gap(gap)
     consumer = make_consumer(settings, **RUN_CONSUMER_CONFIG)
     out = producer if producer is not None else BatchProducer.from_settings(settings)
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         try:
             report.tables = (
                 dict(tables) if tables is not None else load_join_tables(settings, spec, consumer)
@@ -214,7 +214,7 @@ def run_enrichment(
 
 
 @contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
+def cyclic_gc_paused() -> Iterator[None]:
     """Run with the cyclic garbage collector paused (and as it was again afterwards).
 
     A run allocates hundreds of thousands of container objects per range (consumed messages,

@@ -5,11 +5,15 @@ in hand (no second read): the same ledger, outbox, ``slack-responses`` and DLQ a
 run. The batch holds every record of its ranges, so a finished batch records its ranges as
 handled (the delivery sensor's catch-up then skips them). A batch with messages left for later
 (a claim of another worker still within its lease, Slack unreachable) raises, so it is not
-committed and is tried again; what it did post is a duplicate the next time.
+committed and is tried again; what it did post is a duplicate the next time. The loop's stop
+event reaches the batch (:meth:`DeliveryProcessor.bind_stop`): a draining worker finishes the
+send in flight and leaves the rest of a paced batch uncommitted, instead of posting it all at
+Slack's pace first.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,6 +57,11 @@ class DeliveryProcessor:
         self.topic_ids = dict(topic_ids or {})
         self.deliver_options = deliver_options
         self.last_report: DeliveryRunReport | None = None
+        self.stop: threading.Event | None = None
+
+    def bind_stop(self, stop: threading.Event) -> None:
+        """The loop's stop event: a batch in hand ends early when it is set (a drain)."""
+        self.stop = stop
 
     def process(self, records: Sequence[SourceRecord]) -> int:
         try:
@@ -66,6 +75,7 @@ class DeliveryProcessor:
                 producer=self.producer,
                 records=records,
                 topic_ids=self.topic_ids,
+                stop=self.stop,
                 **self.deliver_options,
             )
         except DeliveryIncompleteError as exc:

@@ -14,6 +14,9 @@ broken dependency (broker, Slack, ledger) stalls the stream without a crash loop
 sensor's catch-up takes over once the lag exceeds its bound. ``stop`` (SIGTERM, Ctrl-C, a
 terminated Dagster run) ends the loop after the batch in hand: it is finished and committed,
 and the consumer leaves its group at once so the partitions move without a session timeout.
+A processor that can cut its batch short on ``stop`` (delivery: a paced batch may need
+minutes at Slack's pace) leaves the batch uncommitted instead; the next owner repeats it and
+the ledger turns what was already posted into no-ops.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from alert_platform.kafka.offsets import OffsetRange
 from alert_platform.kafka.records import SourceRecord
+from alert_platform.pipelines.runner import cyclic_gc_paused
 
 LOG = logging.getLogger("alert_platform.stream")
 
@@ -172,6 +176,7 @@ class StreamLoop:
         self._last_event_ms: int | None = None
         self._last_error = ""
         self._assigned = threading.Event()
+        self._stop = threading.Event()  # run's
 
     # -- rebalance callbacks (called inside poll/consume, between batches) --------------------
 
@@ -193,7 +198,13 @@ class StreamLoop:
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> LoopStats:
-        """Process until ``stop`` is set, then finish the batch in hand, commit, leave."""
+        """Process until ``stop`` is set, then finish the batch in hand, commit, leave. A
+        processor with a ``bind_stop(event)`` method gets ``stop`` (to cut a long batch short:
+        what it leaves is not committed)."""
+        self._stop = stop
+        bind_stop = getattr(self.processor, "bind_stop", None)
+        if bind_stop is not None:
+            bind_stop(stop)
         self.consumer.subscribe(
             [self.stream], on_assign=self._on_assign, on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
@@ -252,8 +263,13 @@ class StreamLoop:
         """Process and commit one batch; ``False`` when it failed (rewound for a retry)."""
         ranges = batch_ranges(records)
         try:
-            outputs = self.processor.process(records)
+            with cyclic_gc_paused():  # as in a batch run: the batch allocates, keeps no cycles
+                outputs = self.processor.process(records)
         except Exception as exc:
+            if self._stop.is_set():  # cut short by the drain: the next owner repeats it
+                LOG.info("%s: draining; batch %s left uncommitted: %s", self.stream,
+                         ", ".join(map(str, ranges)), exc)  # fmt: skip
+                return False
             self._fail(ranges, exc)
             return False
         offsets = [TopicPartition(r.topic, r.partition, r.end) for r in ranges]

@@ -27,9 +27,9 @@ import time
 from collections.abc import Mapping, Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from alert_platform.kafka.offsets import list_partitions, list_watermarks
+from alert_platform.kafka.offsets import list_partitions
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.tables.lookup import LookupTable
 from alert_platform.tables.specs import TableSpec
@@ -79,15 +79,14 @@ class TableFollower:
         return self.tables
 
     def latest(self) -> dict[tuple[str, int], int]:
-        """The broker's latest offset of every followed partition."""
-        out: dict[tuple[str, int], int] = {}
-        by_topic: dict[str, list[int]] = {}
-        for topic, partition in self.offsets:
-            by_topic.setdefault(topic, []).append(partition)
-        for topic, partitions in by_topic.items():
-            marks = list_watermarks(self.admin, topic, partitions, timeout=self.timeout_s)
-            out.update({(topic, p): high for p, (_low, high) in marks.items()})
-        return out
+        """The broker's latest offset of every followed partition (one ``list_offsets`` call
+        for all of them)."""
+        request = {TopicPartition(t, p): OffsetSpec.latest() for t, p in self.offsets}
+        try:
+            futures = self.admin.list_offsets(request, request_timeout=self.timeout_s)
+            return {(tp.topic, tp.partition): int(f.result().offset) for tp, f in futures.items()}
+        except Exception as exc:  # KafkaException from the call or a future
+            raise TableSyncError(f"latest offsets of the lookup table topics: {exc}") from exc
 
     def sync(self) -> int:
         """Apply every table record below the broker's latest offsets; how many were read."""

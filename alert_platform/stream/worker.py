@@ -133,7 +133,14 @@ def build_worker(
         processor = _enrichment_processor(settings, stream, producer, member, closers)
         max_batch = settings.stream_max_batch
     group = stream_group(settings.stream_group_prefix, stream)
-    consumer = make_consumer(settings, group_id=group, **{**GROUP_CONFIG, **consumer_extra})
+    fetch_wait = (
+        {"fetch.wait.max.ms": settings.stream_fetch_wait_ms}
+        if settings.stream_fetch_wait_ms
+        else {}
+    )
+    consumer = make_consumer(
+        settings, group_id=group, **{**GROUP_CONFIG, **fetch_wait, **consumer_extra}
+    )
     options = LoopOptions(
         max_batch=max_batch,
         linger_s=settings.stream_linger_ms / 1000,

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.suite.latency import run_latency
 
         log("2. end-to-end latency under alert-platform dev")
-        results["latency"] = run_latency(args.latency_events, args.latency_spread)
+        results["latency"] = run_latency(args.latency_events, args.latency_spread, mode="batch")
     if "scale" in args.sections:
         from bench.suite.scale import run_scale
 

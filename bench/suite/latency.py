@@ -59,8 +59,9 @@ STAGES = ("sensor", "launch", "enrichment", "delivery")
 LAUNCH_PARTS = ("queued", "worker_start")
 
 
-def _dev_env(settings: Settings, dagster_port: int) -> dict[str, str]:
-    """`make dev` defaults, except the ports (nothing inherited that changes behaviour)."""
+def _dev_env(settings: Settings, dagster_port: int, mode: str | None = None) -> dict[str, str]:
+    """`make dev` defaults, except the ports (nothing inherited that changes behaviour) and,
+    when given, the mode (``ALERT_PLATFORM_MODE``: ``batch`` for the sensor-run baseline)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIXES)}
     env.pop("CONNECTOR_CONSOLE_URL_TEMPLATE", None)
     env.update(
@@ -71,6 +72,8 @@ def _dev_env(settings: Settings, dagster_port: int) -> dict[str, str]:
             "DAGSTER_PORT": str(dagster_port),
         }
     )
+    if mode:
+        env["ALERT_PLATFORM_MODE"] = mode
     return env
 
 
@@ -298,9 +301,14 @@ def _stop(process: subprocess.Popen[bytes], log_path: Path) -> bool:
     return "Stopped Dagster and the local stack." in log_path.read_text(errors="replace")
 
 
-def run_latency(events: int = 200, spread_s: float = 120.0) -> dict[str, Any]:
-    """The whole measurement; returns figures, per-alert samples and the verdict."""
+def run_latency(
+    events: int = 200, spread_s: float = 120.0, *, mode: str | None = None
+) -> dict[str, Any]:
+    """The whole measurement; returns figures, per-alert samples and the verdict. ``mode``:
+    dev's ``ALERT_PLATFORM_MODE`` (default: dev's own default)."""
     result: dict[str, Any] = {"events": events, "spread_s": spread_s, "problems": []}
+    if mode:
+        result["mode"] = mode
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         root = Path(tmp)
         settings = free_port_settings(root / "data")
@@ -312,7 +320,7 @@ def run_latency(events: int = 200, spread_s: float = 120.0) -> dict[str, Any]:
                 [sys.executable, "-m", "alert_platform.cli", "dev", "--data-dir",
                  str(settings.data_dir)],
                 cwd=REPO,
-                env=_dev_env(settings, dagster_port),
+                env=_dev_env(settings, dagster_port, mode),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

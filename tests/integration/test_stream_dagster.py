@@ -235,7 +235,7 @@ def test_supervisor_keeps_one_run_per_stream_and_reports_checks_on_change(
     stream_env: Settings, instance: DagsterInstance
 ) -> None:
     from assets.streams import STREAM_FRESHNESS, STREAM_JOB, STREAM_LAG, stream_asset_keys
-    from sensors.stream_supervisor import STREAM_TAG
+    from sensors.stream_supervisor import CHECK_EVALUATE_EVERY_S, STREAM_TAG
     from sensors.topic_tail import SOURCE_TAG
 
     defs, _ = repo()
@@ -271,9 +271,14 @@ def test_supervisor_keeps_one_run_per_stream_and_reports_checks_on_change(
     source, other = topics.NOTIFICATIONS, topics.ONBOARDING_EVENTS
     instance.report_run_failed(runs[source])
     instance.report_run_canceled(runs[DELIVERY_STREAM])
-    # A worker reports: the freshness verdict changes and is reported at once.
+    # A worker reports: the freshness verdict changes, seen and reported at the first tick
+    # that measures again (at most every CHECK_EVALUATE_EVERY_S: a minute later, here).
     instance.report_runless_asset_event(AssetObservation(asset_key=delivery_key))
-    third = _tick(instance, second.cursor)
+    assert _tick(instance, second.cursor).run_requests
+    assert _check_history(instance, fresh) == [False]  # not measured again within the minute
+    cursor = json.loads(second.cursor or "{}")
+    cursor["evaluated_at"] -= CHECK_EVALUATE_EVERY_S
+    third = _tick(instance, json.dumps(cursor))
     relaunched = third.run_requests or []
     assert sorted(r.tags[STREAM_TAG] for r in relaunched) == sorted([source, DELIVERY_STREAM])
     assert other not in {r.tags[STREAM_TAG] for r in relaunched}

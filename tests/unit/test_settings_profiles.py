@@ -71,6 +71,16 @@ def test_the_local_profile_names_every_stand_in() -> None:
     assert local_settings(dedup_window_hours=3).dedup_window_hours == 3
 
 
+def test_a_kafka_property_set_explicitly_wins_over_the_local_kafka_profile() -> None:
+    settings = Settings.from_env(
+        {"ALERT_PLATFORM_KAFKA_PROFILE": "local", "KAFKA_SESSION_TIMEOUT_MS": "2000"}
+    )
+    config = settings.kafka_client_config()
+    assert config["session.timeout.ms"] == "2000"
+    assert config["fetch.wait.max.ms"] == LOCAL_KAFKA_PROFILE["fetch.wait.max.ms"]
+    assert settings.kafka_client_config(**{"session.timeout.ms": 900})["session.timeout.ms"] == 900
+
+
 def test_the_environment_wins_over_the_local_profile_and_empty_means_unset() -> None:
     settings = local_settings_from_env(
         {"SLACK_API_URL": "http://127.0.0.1:9999/api/", "BIGQUERY_PROJECT": ""}

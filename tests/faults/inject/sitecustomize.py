@@ -13,6 +13,11 @@ workers). Inert unless one of these variables is set:
 ``ALERT_PLATFORM_TEST_CRASH_BEFORE_RESPONSES_FLUSH=1``
     exit at once (``os._exit(70)``, no cleanup) after the deliveries were recorded in the ledger,
     before the delivery run writes and flushes its ``slack-responses`` records.
+``ALERT_PLATFORM_TEST_CRASH_BEFORE_STREAM_COMMIT=<records>``
+    SIGKILL a stream worker (every ``StreamLoop`` of the process) right after its processor
+    finished the batch that brought the records it processed to that many, before the loop
+    commits the batch: its effects are out (alerts flushed to ``slack-messages``, or posted and
+    in the ledger), its offsets not committed. The marker file as above.
 
 The product modules are patched when they are first imported (an import hook), so a process
 that never delivers is not touched.
@@ -32,8 +37,17 @@ from typing import Any
 CRASH_AFTER_POST_ENV = "ALERT_PLATFORM_TEST_CRASH_AFTER_POST"
 CRASH_BEFORE_FLUSH_ENV = "ALERT_PLATFORM_TEST_CRASH_BEFORE_RESPONSES_FLUSH"
 CRASH_BEFORE_FLUSH_EXIT = 70
+CRASH_BEFORE_STREAM_COMMIT_ENV = "ALERT_PLATFORM_TEST_CRASH_BEFORE_STREAM_COMMIT"
 # A file the crash-after-post hook appends its pid to before it kills the process.
 CRASH_MARKER_ENV = "ALERT_PLATFORM_TEST_CRASH_MARKER"
+
+
+def _mark_and_kill() -> None:
+    marker = os.environ.get(CRASH_MARKER_ENV)
+    if marker:  # the test counts the crashes here (a run's own status may lag)
+        with open(marker, "a", encoding="utf-8") as out:
+            out.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _crash_after_post(lane: ModuleType) -> None:
@@ -44,11 +58,7 @@ def _crash_after_post(lane: ModuleType) -> None:
     def _post(self: Any, message: Any, claim: Any, channel: str) -> Any:
         call = post(self, message, claim, channel)
         if message.alert_id == victim and call.outcome.value == "ok":
-            marker = os.environ.get(CRASH_MARKER_ENV)
-            if marker:  # the test counts the crashes here (a run's own status may lag)
-                with open(marker, "a", encoding="utf-8") as out:
-                    out.write(f"{os.getpid()}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
+            _mark_and_kill()
         return call
 
     lane.Batch._post = _post
@@ -64,6 +74,38 @@ def _crash_before_flush(runner: ModuleType) -> None:
 
     _write_outcomes.__wrapped__ = write  # type: ignore[attr-defined]
     runner._write_outcomes = _write_outcomes
+
+
+class _CrashingProcessor:
+    """A stream processor that SIGKILLs the process once ``threshold`` records are done."""
+
+    def __init__(self, inner: Any, threshold: int) -> None:
+        self.inner = inner
+        self.threshold = threshold
+        self.done = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def process(self, records: Sequence[Any]) -> int:
+        outputs = self.inner.process(records)
+        self.done += len(records)
+        if self.done >= self.threshold:
+            _mark_and_kill()
+        return outputs
+
+
+def _crash_before_stream_commit(loop: ModuleType) -> None:
+    """Wrap the processor every ``StreamLoop`` is built with (it commits after ``process``)."""
+    threshold = int(os.environ[CRASH_BEFORE_STREAM_COMMIT_ENV])
+    init = loop.StreamLoop.__init__
+
+    def __init__(self: Any, stream: str, group: str, consumer: Any, processor: Any,
+                 *args: Any, **kwargs: Any) -> None:  # fmt: skip
+        init(self, stream, group, consumer, _CrashingProcessor(processor, threshold),
+             *args, **kwargs)  # fmt: skip
+
+    loop.StreamLoop.__init__ = __init__
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -110,6 +152,8 @@ def _install() -> None:
         patches["alert_platform.delivery.lane"] = _crash_after_post
     if os.environ.get(CRASH_BEFORE_FLUSH_ENV):
         patches["alert_platform.delivery.runner"] = _crash_before_flush
+    if os.environ.get(CRASH_BEFORE_STREAM_COMMIT_ENV):
+        patches["alert_platform.stream.loop"] = _crash_before_stream_commit
     if patches:
         sys.meta_path.insert(0, _PatchOnImport(patches))
 
