@@ -35,6 +35,7 @@ sensor's ``needs_no_run`` still applies to what is launched. Batch mode: as befo
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from dagster import (
     DagsterInstance,
@@ -72,6 +73,11 @@ from assets.partitions import current_hour_partition
 from assets.resources import PlatformResource
 
 SOURCE_TAG = "alert-platform/source"
+# Stream mode: the workers deliver, the sensor only catches up on what they leave beyond the
+# lag bound, so it looks (probes, committed offsets) at most this often; ticks in between only
+# read the cursor.
+STREAM_TICK_S = 10.0
+PLANNED_AT = "planned_at"  # in the cursor's hand-over state
 
 _DONE = {DagsterRunStatus.SUCCESS: RunState.SUCCEEDED}
 _FAILED = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
@@ -214,6 +220,7 @@ def make_topic_tail_sensor(
     description: str = "",
     reports_gaps: bool | None = None,
     clock: Callable[[], float] = time.time,
+    stream_tick_s: float = STREAM_TICK_S,
 ) -> SensorDefinition:
     """A sensor that tails ``topic`` and requests ``job_name`` runs over offset ranges.
 
@@ -221,7 +228,8 @@ def make_topic_tail_sensor(
     drops the ranges ``needs_no_run`` says were already handled. ``reports_gaps``: the op's
     config takes ``lost`` (retention gaps its run reports); default: every topic but
     ``slack-messages``, whose sensor notifies ops of gaps itself. ``clock``: the wall clock
-    (tests move it to cross the stream lag bound).
+    (tests move it to cross the stream lag bound). ``stream_tick_s``: in stream mode, a tick
+    within this long of the last one that looked at the topic only keeps the cursor.
     """
     gaps_to_runs = topic != topics.SLACK_MESSAGES if reports_gaps is None else reports_gaps
 
@@ -235,6 +243,13 @@ def make_topic_tail_sensor(
     def _tail(context: SensorEvaluationContext, platform: PlatformResource) -> SensorResult:
         settings = platform.settings()
         cursor = TailCursor.from_json(context.cursor)
+        if settings.mode == "stream":
+            since = clock() - float(cursor.handover.get(PLANNED_AT, 0.0))  # type: ignore[arg-type]
+            if 0 <= since < stream_tick_s:  # the workers have it: a catch-up look now and then
+                return SensorResult(
+                    skip_reason=SkipReason(f"stream mode: {topic} looked at {since:.0f} s ago"),
+                    cursor=context.cursor,
+                )
         consumer = make_consumer(settings)
         admin = make_admin(settings)
         try:  # watermarks of every partition in one list_offsets call per side
@@ -289,6 +304,7 @@ def make_topic_tail_sensor(
         requests = list(plan.requests)
         if handing is not None:
             next_cursor = handover.settle(plan.cursor, handing, ends)
+            next_cursor = replace(next_cursor, handover={**next_cursor.handover, PLANNED_AT: now})
         else:
             next_cursor = handover.without_handover(plan.cursor)
         if needs_no_run is not None and requests:

@@ -97,7 +97,7 @@ def ends_of(settings: Settings, topic: str) -> dict[int, int]:
 def tail_sensor(topic: str, clock: Clock, **options: object) -> SensorDefinition:
     return make_topic_tail_sensor(
         name="handover_tail", topic=topic, job_name="handover_job", op_name="handover_op",
-        partitioned=False, clock=clock, **options,  # type: ignore[arg-type]
+        partitioned=False, clock=clock, stream_tick_s=0, **options,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -326,3 +326,29 @@ def test_a_real_worker_hands_over_to_the_catch_up_when_it_stops(
     finally:
         if worker.thread.is_alive():
             worker.halt()
+
+
+def test_in_stream_mode_the_sensor_looks_at_most_every_stream_tick(
+    stream_env: Settings, source_topic: str, instance: DagsterInstance
+) -> None:
+    """Between two looks a tick only keeps the cursor: no probe, no launch, even with records
+    long past the bound; the next look launches them."""
+    from sensors.topic_tail import make_topic_tail_sensor
+
+    settings, clock = stream_env, Clock()
+    sensor = make_topic_tail_sensor(
+        name="throttled_tail", topic=source_topic, job_name="some_job", op_name="some_op",
+        partitioned=False, clock=clock, stream_tick_s=10,
+    )  # fmt: skip
+    first = evaluate(sensor, instance, None)
+    produce(settings, source_topic, {0: 4, 1: 0})
+    clock.now += BOUND_S + 1  # uncovered records, but only just seen: no launch yet
+    second = evaluate(sensor, instance, first.cursor)
+    assert launched(second) == []
+    clock.now += BOUND_S + 1
+    third = evaluate(sensor, instance, second.cursor)
+    assert launched(third) != []
+    clock.now += 5  # within the stream tick: the cursor is kept as it is
+    fourth = evaluate(sensor, instance, third.cursor)
+    assert fourth.cursor == third.cursor and launched(fourth) == []
+    assert "looked at 5 s ago" in str(fourth.skip_reason)
