@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -116,6 +116,7 @@ class BatchCore:
         owner: str,
         after_post: AfterPost | None,
         retry_after_max: float = RETRY_AFTER_MAX,
+        dm_cache: MutableMapping[str, str] | None = None,
     ) -> None:
         # Posts: one HTTP request per call (no idempotency key: never re-sent blindly).
         self.client = without_retries(client, logger=HTTP_LOG)
@@ -148,7 +149,9 @@ class BatchCore:
         self.report = DeliveryReport()
         self._counts: Counter[str] = Counter()
         self._retries: Counter[str] = Counter()
-        self.resolver = ChannelResolver(self._resolver_call, self._resolver_pages)
+        self.resolver = ChannelResolver(
+            self._resolver_call, self._resolver_pages, dm_cache=dm_cache
+        )
         self.ops = LedgerOps(ledger, on_error=lambda _exc: self.stop.set())
         # claim row id -> monotonic time just before our last heartbeat write was requested
         self._beats: dict[int, float] = {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 CHANNEL_NOT_FOUND = "channel_not_found"
@@ -72,6 +72,10 @@ class Unresolvable(Exception):
         self.detail = detail
 
 
+# Most user -> DM ids a shared cache keeps (then it starts over).
+DM_CACHE_MAX = 100_000
+
+
 class ChannelResolver:
     """Reference -> conversation id, cached; thread-safe (lanes resolve concurrently)."""
 
@@ -82,7 +86,10 @@ class ChannelResolver:
         *,
         page_size: int = DEFAULT_PAGE_SIZE,
         types: str = DEFAULT_TYPES,
+        dm_cache: MutableMapping[str, str] | None = None,
     ) -> None:
+        """``dm_cache``: user id -> DM id shared beyond this resolver's life (a stream worker's
+        batches; a bot's DM with a user keeps its id), filled with every DM opened here."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self._call = call
@@ -91,6 +98,7 @@ class ChannelResolver:
         self.types = types
         self._lock = threading.Lock()
         self._resolved: dict[str, str | Unresolvable] = {}
+        self._dm_cache = dm_cache
         self._names_lock = threading.Lock()
         self._names: dict[str, str] | None = None
         self._names_error: BaseException | None = None
@@ -118,6 +126,11 @@ class ChannelResolver:
     # -- users -----------------------------------------------------------------------------
 
     def _open_dm(self, user: str) -> str | Unresolvable:
+        cache = self._dm_cache
+        if cache is not None:
+            cached = cache.get(user)
+            if cached is not None:
+                return cached
         try:
             data = self._call("conversations.open", users=user)
         except RefusedCall as exc:
@@ -125,6 +138,10 @@ class ChannelResolver:
         channel_id = (data.get("channel") or {}).get("id")
         if not is_conversation_id(channel_id):
             return Unresolvable(user, CHANNEL_NOT_FOUND, "conversations.open returned no id")
+        if cache is not None:
+            if len(cache) >= DM_CACHE_MAX:
+                cache.clear()  # bounded: a full cache starts over
+            cache[user] = str(channel_id)
         return str(channel_id)
 
     # -- names -----------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -157,6 +157,7 @@ def deliver_batch(
     max_age_by_pipeline: Mapping[str, timedelta] | None = None,
     max_future: timedelta | None = None,
     stop: threading.Event | None = None,
+    dm_cache: MutableMapping[str, str] | None = None,
 ) -> DeliveryReport:
     """Post each message to Slack at most once per de-duplication window, at least once
     unless Slack refuses it for good (then it is dead-lettered).
@@ -185,7 +186,8 @@ def deliver_batch(
     ``retry_after_max``: a 429's ``Retry-After`` is used within ``[1, retry_after_max]`` s.
     ``stop``: set from outside (a stream worker draining) to end the batch early, as an auth
     failure does: no further claim or post, the send in flight finishes, claims not posted are
-    released; the rest is left ``not_attempted`` for a later run.
+    released; the rest is left ``not_attempted`` for a later run. ``dm_cache``: user id -> DM
+    id kept across batches (a stream worker's), so a user's DM is opened once, not per batch.
 
     Order of effects, per outcome: ``on_response`` is called, and has returned, *before* the
     ledger write that makes the outcome final (``mark_delivered`` after a post or a recovery,
@@ -227,6 +229,7 @@ def deliver_batch(
         owner=ledger.owner,
         after_post=after_post,
         retry_after_max=retry_after_max,
+        dm_cache=dm_cache,
     )
     for letter in parse_dead:
         batch._result(

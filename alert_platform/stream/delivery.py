@@ -58,6 +58,7 @@ class DeliveryProcessor:
         self.deliver_options = deliver_options
         self.last_report: DeliveryRunReport | None = None
         self.stop: threading.Event | None = None
+        self.dm_cache: dict[str, str] = {}  # user -> DM id, across this worker's batches
 
     def bind_stop(self, stop: threading.Event) -> None:
         """The loop's stop event: a batch in hand ends early when it is set (a drain)."""
@@ -76,6 +77,7 @@ class DeliveryProcessor:
                 records=records,
                 topic_ids=self.topic_ids,
                 stop=self.stop,
+                dm_cache=self.dm_cache,
                 **self.deliver_options,
             )
         except DeliveryIncompleteError as exc:

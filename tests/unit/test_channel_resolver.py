@@ -135,3 +135,17 @@ def test_a_failed_listing_propagates_and_is_not_repeated() -> None:
         with pytest.raises(Outage):
             resolver.resolve(ref)
     assert slack.calls == Counter({"conversations.list": 1})
+
+
+def test_a_shared_dm_cache_opens_each_users_dm_once_across_resolvers() -> None:
+    """A stream worker's batches: one resolver each, one conversations.open per user."""
+    slack = FakeSlack()
+    cache: dict[str, str] = {}
+    for _batch in range(3):
+        resolver = ChannelResolver(slack, slack.pages, dm_cache=cache)
+        assert resolver.resolve("U0ADA") == "D0ADA"
+        assert resolver.resolve("W0GRACE") == "D0GRACE"
+        with pytest.raises(Unresolvable):
+            resolver.resolve("U0NOBODY")  # a refusal is not shared: asked again next batch
+    assert slack.calls["conversations.open"] == 2 + 3
+    assert cache == {"U0ADA": "D0ADA", "W0GRACE": "D0GRACE"}
