@@ -43,11 +43,12 @@ import orjson
 
 from bench.suite.common import REPO, build_workload, log
 
-SECTIONS = ("trickle", "burst", "throughput", "batch")
+SECTIONS = ("trickle", "burst", "throughput", "dev", "batch")
 TARGETS = {
     "trickle_p50_s": 0.100,
     "trickle_p99_s": 0.500,
     "platform_cores": 0.2,
+    "runs_per_hour": 10.0,
     "burst_p99_s": 3.0,
     "stream_vs_batch": 1.0,
     "two_vs_one": 1.7,
@@ -72,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--burst-users", type=int, default=200)
     parser.add_argument("--events", type=int, default=200_000, help="throughput workload")
     parser.add_argument("--runs", type=int, default=1, help="throughput runs per contender")
+    parser.add_argument("--dev-events", type=int, default=60, help="dev section: events")
+    parser.add_argument("--dev-spread", type=float, default=120.0, help="dev section: seconds")
     parser.add_argument("--batch-latency", choices=("run", "skip"), default="run")
     parser.add_argument("--batch-events", type=int, default=30)
     parser.add_argument("--batch-spread", type=float, default=60.0, help="seconds")
@@ -115,24 +118,20 @@ def run_sections(args: argparse.Namespace) -> dict[str, Any]:
             results["throughput"] = run_stream_throughput(workload, root / "tp", args.runs)
             del workload
             gc.collect()
+    keep = ("mode", "events", "spread_s", "delivered", "latency_s", "stages", "runs",
+            "run_statuses", "problems", "clean_stop", "startup_s", "platform_cores", "window_s",
+            "window_runs")  # fmt: skip
+    if "dev" in args.sections:
+        from bench.suite.latency import run_latency
+
+        log("4a. stream path under Dagster: alert-platform dev (stream mode), whole platform")
+        dev = run_latency(args.dev_events, args.dev_spread, mode="stream")
+        results["dev"] = {k: dev[k] for k in keep if k in dev}
     if "batch" in args.sections:
         from bench.suite.latency import run_latency
 
         log("4. batch path latency: alert-platform dev, ALERT_PLATFORM_MODE=batch")
         batch = run_latency(args.batch_events, args.batch_spread, mode="batch")
-        keep = (
-            "mode",
-            "events",
-            "spread_s",
-            "delivered",
-            "latency_s",
-            "stages",
-            "runs",
-            "run_statuses",
-            "problems",
-            "clean_stop",
-            "startup_s",
-        )
         results["batch"] = {k: batch[k] for k in keep if k in batch}
     return results
 
@@ -226,13 +225,40 @@ def figure_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             note += f"; idle: worker {idle['stream']:.3f}, broker {idle['broker']:.3f}"
         rows.append(
             _row(
-                "trickle CPU, whole platform (cores)",
+                "trickle CPU, stream worker + broker (cores)",
                 cores["platform"],
                 TARGETS["platform_cores"],
                 at_most=True,
                 note=note,
             )
         )
+    dev = results.get("dev")
+    if dev and dev.get("latency_s"):
+        lat = dev["latency_s"]
+        note = (
+            f"alert-platform dev, stream mode, {dev.get('events')} events over "
+            f"{dev.get('spread_s'):.0f} s"
+        )
+        rows.append(_row("dev (Dagster-supervised workers) p50", lat.get("p50"),
+                         TARGETS["trickle_p50_s"], at_most=True, unit="s", note=note))  # fmt: skip
+        rows.append(_row("dev (Dagster-supervised workers) p99", lat.get("p99"),
+                         TARGETS["trickle_p99_s"], at_most=True, unit="s", note=note))  # fmt: skip
+    for name, section in (("stream", dev), ("batch", results.get("batch"))):
+        if section and section.get("platform_cores") is not None:
+            rows.append(_row(
+                f"trickle CPU, whole platform, {name} mode (cores)", section["platform_cores"],
+                TARGETS["platform_cores"] if name == "stream" else None, at_most=True,
+                note="every process alert-platform dev started (Dagster webserver, daemon, code "
+                f"server, runs, workers, broker, emulator, sandbox), {section.get('window_s')} s",
+            ))  # fmt: skip
+        if section and section.get("window_runs") is not None and section.get("window_s"):
+            per_hour = section["window_runs"] * 3600 / section["window_s"]
+            rows.append(_row(
+                f"Dagster runs per hour at that trickle, {name} mode", round(per_hour, 1),
+                TARGETS["runs_per_hour"] if name == "stream" else None, at_most=True,
+                note=f"{section['window_runs']} run(s) created in the {section['window_s']} s "
+                "window",
+            ))  # fmt: skip
     b = results.get("burst")
     if b:
         lat = b.get("latency_s") or {}

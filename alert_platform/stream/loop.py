@@ -28,13 +28,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from alert_platform.kafka.offsets import OffsetRange
 from alert_platform.kafka.records import SourceRecord
 from alert_platform.pipelines.runner import cyclic_gc_paused
 
 LOG = logging.getLogger("alert_platform.stream")
+_new_record = tuple.__new__  # SourceRecord is a NamedTuple: built without __new__'s checks
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
@@ -131,19 +132,6 @@ def batch_ranges(records: Sequence[SourceRecord]) -> list[OffsetRange]:
     return sorted(OffsetRange(t, p, lo, hi + 1) for (t, p), (lo, hi) in spans.items())
 
 
-def _record(message: Message) -> SourceRecord:
-    headers = message.headers()
-    return SourceRecord(
-        message.topic(),
-        message.partition(),
-        message.offset(),
-        message.timestamp()[1],
-        message.key(),
-        message.value(),
-        tuple(headers) if headers else (),
-    )
-
-
 class StreamLoop:
     """Consume ``topic`` in ``consumer``'s group and hand micro-batches to ``processor``.
 
@@ -183,8 +171,32 @@ class StreamLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.partitions.setdefault(tp.partition, PartitionState())
+        self._commit_start(consumer, partitions)
         LOG.info("%s: assigned %s", self.stream, sorted(tp.partition for tp in partitions))
         self._assigned.set()
+
+    def _commit_start(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """A partition the group never committed starts at its end (``auto.offset.reset``):
+        commit that start at once, so the tail sensor's catch-up knows from the first moment
+        that the stream covers everything from there (records before it are the catch-up's).
+        The local broker's end is inexact (low): a few records may be read twice, harmless."""
+        try:
+            committed = consumer.committed(partitions, timeout=10)
+            fresh = [tp for tp in committed if tp.offset < 0]
+            starts = []
+            for tp in fresh:
+                _low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+                starts.append(TopicPartition(tp.topic, tp.partition, max(0, int(high))))
+            if starts:
+                consumer.commit(offsets=starts, asynchronous=False)
+                by_partition = {tp.partition: tp.offset for tp in starts}
+                for tp in partitions:  # start exactly where the commit says
+                    if tp.partition in by_partition:
+                        tp.offset = by_partition[tp.partition]
+                LOG.info("%s: new partitions %s start at %s (committed)", self.stream,
+                         sorted(by_partition), by_partition)  # fmt: skip
+        except KafkaException as exc:  # the reset policy applies; the catch-up covers the rest
+            LOG.warning("%s: could not commit the start of new partitions: %s", self.stream, exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -244,6 +256,7 @@ class StreamLoop:
                 if not more or left <= 0:
                     break
         records: list[SourceRecord] = []
+        append = records.append
         for message in messages:
             error = message.error()
             if error is not None:
@@ -253,15 +266,23 @@ class StreamLoop:
                     raise KafkaException(error)
                 LOG.warning("%s: consume: %s", self.stream, error)
                 continue
-            records.append(_record(message))
-        for record in records:
-            state = self.partitions.setdefault(record.partition, PartitionState())
-            state.end_seen = max(state.end_seen or 0, record.offset + 1)
+            headers = message.headers()
+            append(
+                _new_record(
+                    SourceRecord,
+                    (message.topic(), message.partition(), message.offset(),
+                     message.timestamp()[1], message.key(), message.value(),
+                     tuple(headers) if headers else ()),
+                )
+            )  # fmt: skip
         return records
 
     def _handle(self, records: list[SourceRecord]) -> bool:
         """Process and commit one batch; ``False`` when it failed (rewound for a retry)."""
         ranges = batch_ranges(records)
+        for rng in ranges:  # fetched: counts as lag until committed
+            state = self.partitions.setdefault(rng.partition, PartitionState())
+            state.end_seen = max(state.end_seen or 0, rng.end)
         try:
             with cyclic_gc_paused():  # as in a batch run: the batch allocates, keeps no cycles
                 outputs = self.processor.process(records)
@@ -281,14 +302,12 @@ class StreamLoop:
             LOG.warning("%s: commit of %s failed: %s", self.stream, ranges, exc)
         else:
             self.stats.commits += 1
+        last_timestamps = {r.partition: r.timestamp_ms for r in records}  # the last one wins
         for rng in ranges:
             state = self.partitions.setdefault(rng.partition, PartitionState())
             state.committed = rng.end
-        last = max(r.timestamp_ms for r in records)
-        for record in records:
-            state = self.partitions.get(record.partition)
-            if state is not None:
-                state.last_timestamp_ms = record.timestamp_ms
+            state.last_timestamp_ms = last_timestamps[rng.partition]
+        last = max(last_timestamps.values())
         self._last_event_ms = max(self._last_event_ms or last, last)
         for totals in (self.stats, self._window):
             totals.records += len(records)

@@ -9,7 +9,7 @@ Consumer group settings: cooperative-sticky assignment (a worker joining or leav
 the partitions that change owner), no auto commit (the loop commits what it finished),
 ``auto.offset.reset=latest`` (a new group starts at the end: what came before is the tail
 sensors' catch-up), ``max.poll.interval.ms`` of 10 minutes (a delivery batch is paced at
-Slack's rate).
+Slack's rate), ``fetch.queue.backoff.ms`` of 10 ms (as the batch readers).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from alert_platform.kafka.admin import topic_id
 from alert_platform.kafka.clients import make_admin, make_consumer
 from alert_platform.kafka.writer import BatchProducer
 from alert_platform.pipelines.registry import PIPELINES
-from alert_platform.pipelines.runner import load_join_tables
+from alert_platform.pipelines.runner import RUN_CONSUMER_CONFIG, load_join_tables
 from alert_platform.pipelines.spec import RenderOptions
 from alert_platform.run_index import RunIndex
 from alert_platform.settings import Settings
@@ -53,6 +53,9 @@ GROUP_CONFIG: dict[str, str | int | bool] = {
     "enable.auto.commit": False,
     "auto.offset.reset": "latest",
     "max.poll.interval.ms": 600_000,
+    # As for the batch runs' readers (pipelines/runner.py): a full prefetch queue must not stall
+    # the next fetch for a second when the worker works off a backlog.
+    **RUN_CONSUMER_CONFIG,
 }
 
 # Transient Slack failures per message within one micro-batch (a batch run allows 8): during an

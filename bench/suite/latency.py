@@ -195,6 +195,23 @@ def _created_at(settings: Settings, wanted: set[str]) -> dict[str, float]:
     return out
 
 
+def _runs_created(dagster_home: Path, start: float, end: float) -> int:
+    """How many Dagster runs (of any job) were created in ``[start, end]`` (epoch s)."""
+    from datetime import datetime
+
+    from dagster import DagsterInstance, RunsFilter
+
+    instance = DagsterInstance.from_config(str(dagster_home))
+    try:
+        window = RunsFilter(
+            created_after=datetime.fromtimestamp(start, UTC),
+            created_before=datetime.fromtimestamp(end, UTC),
+        )
+        return len(instance.get_run_records(filters=window))
+    finally:
+        instance.dispose()
+
+
 def _run_records(dagster_home: Path) -> list[dict[str, Any]]:
     """Each enrichment run: created/started/ended (epoch s), status, ranges."""
     from dagster import DagsterEventType, DagsterInstance, RunsFilter
@@ -301,6 +318,32 @@ def _stop(process: subprocess.Popen[bytes], log_path: Path) -> bool:
     return "Stopped Dagster and the local stack." in log_path.read_text(errors="replace")
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by ``root`` and its descendants: utime + stime + cutime + cstime
+    of every live process of the tree (``/proc/PID/stat``), so a run process that ended and was
+    waited for is still counted, in its parent's children's time."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / ticks
+    return total
+
+
 def run_latency(
     events: int = 200, spread_s: float = 120.0, *, mode: str | None = None
 ) -> dict[str, Any]:
@@ -346,7 +389,12 @@ def run_latency(
             warm = _wait(lambda: len(_alert_messages(sandbox)) >= demo, 120, process, "warm-up")
             result["warm"] = warm
             log(f"  producing {events} events over {spread_s:.0f}s")
+            cpu_before, window_start = tree_cpu_s(process.pid), time.time()
             sent = _produce_spread(settings, orgs, events, spread_s)
+            window = time.time() - window_start
+            result["window_s"] = round(window, 1)
+            result["platform_cores"] = round((tree_cpu_s(process.pid) - cpu_before) / window, 3)
+            result["window_started"] = window_start
             _wait(lambda: set(sent) <= set(_alert_messages(sandbox)), 120, process, "delivery")
             received = {k: v for k, v in _alert_messages(sandbox).items() if k in sent}
             created = _created_at(settings, set(sent))
@@ -362,6 +410,12 @@ def run_latency(
         if not clean:
             result["problems"].append("dev did not report a clean stop")
         try:
+            if "window_started" in result:
+                result["window_runs"] = _runs_created(
+                    settings.data_dir.resolve() / "dagster",
+                    result["window_started"],
+                    result["window_started"] + result["window_s"],
+                )
             runs = _run_records(settings.data_dir.resolve() / "dagster")
         except Exception as exc:  # no instance (dev never started): no stage split
             result["problems"].append(f"run records unavailable: {exc}")

@@ -25,6 +25,7 @@ def test_bench_stream_prints_its_figures_and_delivers_exactly_once(tmp_path: Pat
         [sys.executable, "-m", "bench.bench_stream", "--trickle-seconds", "6",
          "--trickle-rate", "1", "--idle-seconds", "1", "--burst-alerts", "60",
          "--burst-users", "12", "--events", "3000", "--batch-latency", "skip",
+         "--only", "trickle,burst,throughput",
          "--results-dir", str(tmp_path), "--name", "smoke"],
         cwd=REPO, capture_output=True, text=True, timeout=420,
     )  # fmt: skip

@@ -130,3 +130,32 @@ def test_the_dev_command_sees_when_the_stream_groups_are_up(flow_settings: Setti
         wait_for(lambda: stream_groups_ready(flow_settings)[DELIVERY_STREAM], 10, "the group")
         assert not all(stream_groups_ready(flow_settings).values())  # the source streams lack one
     assert before[DELIVERY_STREAM] is False
+
+
+def test_a_new_group_commits_where_it_starts_at_once(flow_settings: Settings) -> None:
+    """The catch-up's trust in the group starts there, not after its first batch."""
+    from alert_platform.kafka.clients import make_admin
+    from alert_platform.kafka.groups import committed_offsets
+    from alert_platform.kafka.offsets import probe_end_offsets
+    from alert_platform.stream.names import stream_group
+
+    settings = flow_settings.with_overrides(stream_group_prefix="fresh-group-test")
+    producer = make_producer(settings)
+    for org_id, event in build_demo_data(event_count=12, seed=3).events:  # before the worker
+        producer.produce(
+            topics.NOTIFICATIONS, key=org_id.encode(), value=json.dumps(event).encode()
+        )
+        producer.flush(10)  # one record per batch: the local broker's end is then exact
+    with workers(settings, topics.NOTIFICATIONS) as (worker,):
+        group = stream_group(settings.stream_group_prefix, topics.NOTIFICATIONS)
+        from alert_platform.kafka.clients import make_consumer
+
+        reader = make_consumer(settings)
+        try:
+            ends = probe_end_offsets(reader, topics.NOTIFICATIONS)
+        finally:
+            reader.close()
+        committed = committed_offsets(make_admin(settings), group, topics.NOTIFICATIONS, ends)
+        assert worker.worker.loop.stats.records == 0  # nothing read: it starts at the end
+    assert set(committed) == set(ends)
+    assert committed == ends  # where it started: the records before it are the catch-up's
