@@ -69,6 +69,7 @@ from alert_platform.retention_gaps import notify_gaps
 from alert_platform.settings import Settings
 from alert_platform.stream import handover
 from alert_platform.stream.names import stream_group
+from alert_platform.stream.starts import StreamStarts
 from assets.partitions import current_hour_partition
 from assets.resources import PlatformResource
 
@@ -274,10 +275,16 @@ def make_topic_tail_sensor(
             except Exception as exc:  # nothing counts as covered; the bound still applies
                 context.log.warning(str(exc))
                 committed = None
+            try:  # where the group's workers started (the catch-up trusts them from there)
+                with StreamStarts(settings.effective_ledger_url) as recorded:
+                    starts = recorded.starts(group_id, topic, current_id)
+            except Exception as exc:  # only the first-seen commit is trusted this tick
+                context.log.warning(f"stream starts of {group_id} unreadable: {exc}")
+                starts = {}
             handing = handover.plan_handover(
                 cursor, topic, ends=ends, lows=lows, committed=committed, now=now,
                 bound_s=settings.stream_lag_bound_s, topic_id=current_id,
-                start_offsets=start_offsets, start_at_latest=start_at_latest,
+                start_offsets=start_offsets, start_at_latest=start_at_latest, starts=starts,
             )  # fmt: skip
             cursor = handing.cursor
         plan = plan_tick(

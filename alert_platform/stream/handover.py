@@ -143,6 +143,7 @@ def plan_handover(
     topic_id: str = "",
     start_offsets: Mapping[int, int] | None = None,
     start_at_latest: bool = False,
+    starts: Mapping[int, int] | None = None,
 ) -> HandoverPlan:
     """Plan the stream-mode part of one tick.
 
@@ -151,7 +152,9 @@ def plan_handover(
     covered this tick, the state is kept). ``start_offsets``/``start_at_latest`` as for
     ``plan_tick`` (partitions without history). A recreated partition (new topic id, or an end
     before the next offset) is left to ``plan_tick`` (which restarts it at its low watermark)
-    with nothing due this tick, and its state starts over.
+    with nothing due this tick, and its state starts over. ``starts``: where the group started
+    each partition, as its workers recorded (:mod:`.starts`): the group processed everything
+    from there to its commit, so the floor is at most that start.
     """
     state = HandoverState.from_cursor(cursor)
     new_id = bool(topic_id and cursor.topic_id and topic_id != cursor.topic_id)
@@ -181,6 +184,10 @@ def plan_handover(
             group_at, floor = prev.committed, prev.floor
         else:
             group_at, floor = _trust(prev, committed.get(partition), low)
+            begun = (starts or {}).get(partition)
+            known = group_at is not None and floor is not None and begun is not None
+            if known and low <= begun <= group_at:  # type: ignore[operator]
+                floor = min(floor, begun)  # type: ignore[type-var]
             if group_at is not None and floor is not None:
                 trusted = floors[partition] = (floor, group_at)
         if trusted is not None and trusted[0] <= start < trusted[1]:

@@ -149,7 +149,10 @@ class StreamLoop:
         *,
         on_health: HealthCallback | None = None,
         member: str = "",
+        on_start: Callable[[dict[int, int]], None] | None = None,
     ) -> None:
+        """``on_start(partition -> offset)``: called with the starts committed for partitions
+        the group never committed (the worker records them for the catch-up)."""
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -157,6 +160,7 @@ class StreamLoop:
         self.options = options
         self.on_health = on_health
         self.member = member
+        self.on_start = on_start
         self.partitions: dict[int, PartitionState] = {}
         self.stats = LoopStats()
         self._window = LoopStats()
@@ -195,7 +199,9 @@ class StreamLoop:
                         tp.offset = by_partition[tp.partition]
                 LOG.info("%s: new partitions %s start at %s (committed)", self.stream,
                          sorted(by_partition), by_partition)  # fmt: skip
-        except KafkaException as exc:  # the reset policy applies; the catch-up covers the rest
+                if self.on_start is not None:
+                    self.on_start(by_partition)
+        except Exception as exc:  # the reset policy applies; the catch-up covers the rest
             LOG.warning("%s: could not commit the start of new partitions: %s", self.stream, exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -45,6 +45,7 @@ from alert_platform.stream.loop import (
     StreamLoop,
 )
 from alert_platform.stream.names import DELIVERY_STREAM, check_stream, stream_group
+from alert_platform.stream.starts import StreamStarts
 from alert_platform.stream.tables import TableFollower
 from alert_platform.tables.specs import TABLE_SPECS
 
@@ -149,9 +150,17 @@ def build_worker(
         linger_s=settings.stream_linger_ms / 1000,
         health_interval_s=settings.stream_health_interval_s,
     )
+    starts = StreamStarts(settings.effective_ledger_url)
+    closers.append(starts.close)
+    stream_id = topic_id(settings, stream)
+
+    def on_start(offsets: dict[int, int]) -> None:
+        starts.record(group, stream, offsets, stream_id)
+
     loop = StreamLoop(
-        stream, group, consumer, processor, options, on_health=on_health, member=member
-    )
+        stream, group, consumer, processor, options, on_health=on_health, member=member,
+        on_start=on_start,
+    )  # fmt: skip
     return StreamWorker(stream, loop, member, closers)
 
 

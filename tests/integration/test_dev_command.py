@@ -61,6 +61,7 @@ def test_dev_runs_the_demo_end_to_end_and_stops_cleanly(tmp_path: Path) -> None:
         "SLACK_API_URL": settings.slack_api_url,
         "BIGQUERY_API_ENDPOINT": settings.bigquery_api_endpoint,
         "DAGSTER_PORT": str(dagster_port),
+        "ALERT_PLATFORM_MODE": "stream",  # dev's default (the test session's is batch)
     }
     env.pop("SLACK_BOT_TOKEN", None)
     log = (tmp_path / "dev.log").open("wb")
@@ -81,9 +82,21 @@ def test_dev_runs_the_demo_end_to_end_and_stops_cleanly(tmp_path: Path) -> None:
             assert answer.status == 200
         # The sensors pick the demo events up and the alerts reach Slack, each once.
         wait_for(lambda: len(alert_ids(sandbox)) >= expected, 120, "demo alerts", process)
+        assert "Stream workers up" in (tmp_path / "dev.log").read_text()
+        # Stream mode: one more event is an alert in Slack well within a second or two.
+        from alert_platform.local.demo import produce_events
+        from tests.integration.flow_helpers import connector_status_event
+
+        org_id = next(iter(build_demo_data(20).assignments))
+        event, _ = connector_status_event(org_id, 1, tag="dev-live")
+        produced = time.monotonic()
+        produce_events(settings, [(org_id, event)])
+        wait_for(lambda: len(alert_ids(sandbox)) >= expected + 1, 30, "the live alert", process)
+        took = time.monotonic() - produced
+        assert took < 3.0, f"the live alert took {took:.2f} s"
         time.sleep(8)  # a later duplicate would show up here
         posted = alert_ids(sandbox)
-        assert len(posted) == len(set(posted)) == expected
+        assert len(posted) == len(set(posted)) == expected + 1
     finally:
         os.killpg(process.pid, signal.SIGINT)
         try:

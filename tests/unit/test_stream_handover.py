@@ -300,3 +300,21 @@ def test_describe_says_what_was_covered_launched_and_waits() -> None:
         "events: stream group grp covered 30 record(s) ([0] 30); catch-up launched: nothing; "
         "5 uncovered record(s) within the lag bound"
     )
+
+
+def test_a_recorded_start_lets_the_group_cover_records_committed_before_the_sensor_looked() -> None:
+    """The worker started at 0 and committed 7 before the sensor's first look: the recorded
+    start, not the first commit seen, is where the group's coverage begins."""
+    cursor = TailCursor(next_offsets={0: 0})
+    without = plan_handover(cursor, "t", ends={0: 7}, lows={0: 0}, committed={0: 7},
+                                     now=100.0, bound_s=30.0)  # fmt: skip
+    assert without.covered == {}  # below the first commit seen: left to a catch-up
+    with_start = plan_handover(cursor, "t", ends={0: 7}, lows={0: 0}, committed={0: 7},
+                                        now=100.0, bound_s=30.0, starts={0: 0})  # fmt: skip
+    assert with_start.covered == {0: 7}
+    assert with_start.cursor.next_offsets[0] == 7
+    # A start the group has not reached, or below the low watermark, proves nothing.
+    for start in (9, -1):
+        plan = plan_handover(cursor, "t", ends={0: 7}, lows={0: 0}, committed={0: 7},
+                                      now=100.0, bound_s=30.0, starts={0: start})  # fmt: skip
+        assert plan.covered == {}
