@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 FIGURES = (
     "trickle p50 produce -> Slack, stream",
     "trickle p99 produce -> Slack, stream",
-    "trickle CPU, whole platform (cores)",
+    "trickle CPU, stream worker + broker (cores)",
     "burst p99 produce -> Slack",
     "1 worker / batch run (events/s)",
     "2 workers / 1 worker (events/s)",
