@@ -120,7 +120,7 @@ def run_sections(args: argparse.Namespace) -> dict[str, Any]:
             gc.collect()
     keep = ("mode", "events", "spread_s", "delivered", "latency_s", "stages", "runs",
             "run_statuses", "problems", "clean_stop", "startup_s", "platform_cores", "window_s",
-            "window_runs")  # fmt: skip
+            "window_runs", "window_runs_by_job")  # fmt: skip
     if "dev" in args.sections:
         from bench.suite.latency import run_latency
 
@@ -257,7 +257,7 @@ def figure_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"Dagster runs per hour at that trickle, {name} mode", round(per_hour, 1),
                 TARGETS["runs_per_hour"] if name == "stream" else None, at_most=True,
                 note=f"{section['window_runs']} run(s) created in the {section['window_s']} s "
-                "window",
+                f"window: {section.get('window_runs_by_job') or {}}",
             ))  # fmt: skip
     b = results.get("burst")
     if b:

@@ -195,8 +195,8 @@ def _created_at(settings: Settings, wanted: set[str]) -> dict[str, float]:
     return out
 
 
-def _runs_created(dagster_home: Path, start: float, end: float) -> int:
-    """How many Dagster runs (of any job) were created in ``[start, end]`` (epoch s)."""
+def _runs_created(dagster_home: Path, start: float, end: float) -> dict[str, int]:
+    """How many Dagster runs were created in ``[start, end]`` (epoch s), by job."""
     from datetime import datetime
 
     from dagster import DagsterInstance, RunsFilter
@@ -207,7 +207,11 @@ def _runs_created(dagster_home: Path, start: float, end: float) -> int:
             created_after=datetime.fromtimestamp(start, UTC),
             created_before=datetime.fromtimestamp(end, UTC),
         )
-        return len(instance.get_run_records(filters=window))
+        by_job: dict[str, int] = {}
+        for record in instance.get_run_records(filters=window):
+            job = record.dagster_run.job_name
+            by_job[job] = by_job.get(job, 0) + 1
+        return by_job
     finally:
         instance.dispose()
 
@@ -411,11 +415,12 @@ def run_latency(
             result["problems"].append("dev did not report a clean stop")
         try:
             if "window_started" in result:
-                result["window_runs"] = _runs_created(
+                result["window_runs_by_job"] = _runs_created(
                     settings.data_dir.resolve() / "dagster",
                     result["window_started"],
                     result["window_started"] + result["window_s"],
                 )
+                result["window_runs"] = sum(result["window_runs_by_job"].values())
             runs = _run_records(settings.data_dir.resolve() / "dagster")
         except Exception as exc:  # no instance (dev never started): no stage split
             result["problems"].append(f"run records unavailable: {exc}")
