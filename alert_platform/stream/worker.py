@@ -111,6 +111,7 @@ def build_worker(
     if producer is None:
         producer = BatchProducer.from_settings(settings, **{"linger.ms": 1})
         closers.append(lambda: producer.producer.flush(10))
+    stream_id = topic_id(settings, stream)  # asked once: the delivery processor and the starts
     processor: BatchProcessor
     if stream == DELIVERY_STREAM:
         if ledger is None:
@@ -129,7 +130,7 @@ def build_worker(
             outbox,
             producer,
             owner=member,
-            topic_ids={stream: topic_id(settings, stream)},
+            topic_ids={stream: stream_id},
             max_attempts=STREAM_DELIVERY_ATTEMPTS,
         )
         max_batch = settings.stream_delivery_max_batch
@@ -152,7 +153,6 @@ def build_worker(
     )
     starts = StreamStarts(settings.effective_ledger_url)
     closers.append(starts.close)
-    stream_id = topic_id(settings, stream)
 
     def on_start(offsets: dict[int, int]) -> None:
         starts.record(group, stream, offsets, stream_id)
